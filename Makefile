@@ -1,0 +1,45 @@
+# The two commands the README names first:
+#   make report   build the whole report (report/report.pdf and report/report.html)
+#   make test     run the test suite (unit tests + every notebook on the quick profile)
+# Both create .venv and install everything on first use.
+#
+# Variables: PROFILE=full|quick  DATA=<CIFAR-10 root>  MNIST=<MNIST root>  DEVICE=auto|cpu|cuda
+#            PYTHON=python3  TORCH="torch torchvision" (pin or pick a wheel index here)  PYTEST_ARGS=...
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= full
+DEVICE ?= auto
+DATA ?=
+MNIST ?=
+TORCH ?= torch torchvision
+PIP_FLAGS ?= -q
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: report test install bench clean-build help
+
+help:
+	@sed -n '1,9p' Makefile
+
+report: $(STAMP)
+	$(PY) -m cifarlib report --profile $(PROFILE) --device $(DEVICE) \
+	  $(if $(DATA),--data-root "$(DATA)") $(if $(MNIST),--mnist-root "$(MNIST)")
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m cifarlib bench $(if $(DATA),--data-root "$(DATA)")
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) $(TORCH)
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[test]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cifarlib)" >/dev/null
+	@touch $(STAMP)
+
+clean-build:
+	rm -rf report/build report/report.pdf report/report.html figures/*.png figures/*.pdf

@@ -1,0 +1,5 @@
+import sys
+
+from cifarlib.cli import main
+
+sys.exit(main())

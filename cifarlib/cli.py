@@ -1,0 +1,49 @@
+"""``python -m cifarlib <command> ...`` — the commands the README and the Makefile call.
+
+Each command lives in the module that owns the work; this file only dispatches, so that
+``python -m cifarlib data`` does not pay for importing the report machinery and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from cifarlib.errors import CifarlibError
+
+# command -> (module, function, one-line help). The function takes argv (list[str]) and
+# returns an exit status.
+COMMANDS = {
+    "data": ("cifarlib.data", "cli", "show what data set a data root holds, with load times"),
+    "experiments": ("cifarlib.experiments", "cli", "list the named experiments"),
+    "run": ("cifarlib.runs", "cli", "train a named experiment (or load its cached run)"),
+    "bench": ("cifarlib.bench", "cli", "training throughput: cifarlib vs a reference pipeline"),
+    "report": ("cifarlib.report", "cli", "run the notebooks and export the PDF/HTML report"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m cifarlib <command> [options]   (<command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except CifarlibError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,53 @@
+"""Model registry. Notebooks and configs name models by string: ``build_model("baseline")``.
+
+Each family lives in its own module and registers its builders with :func:`register`:
+``cifar`` (Table-1 baseline and the improved CNNs), ``transfer`` (ResNet18), ``mnist`` (LeNet-style nets).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from cifarlib.errors import CifarlibError
+
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {}
+
+
+def register(name: str, description: str):
+    """Decorator: register a builder ``fn(**kw) -> nn.Module`` under ``name``."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = (fn, description)
+        return fn
+
+    return deco
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def describe_models() -> dict[str, str]:
+    return {name: _REGISTRY[name][1] for name in model_names()}
+
+
+def build_model(name: str, **kw) -> nn.Module:
+    """Build a registered model. Unknown names raise a one-line error listing the known ones."""
+    if name not in _REGISTRY:
+        raise CifarlibError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    try:
+        return _REGISTRY[name][0](**kw)
+    except TypeError as err:
+        raise CifarlibError(f"model {name!r} does not take these arguments {sorted(kw)}: {err}") from None
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# Import the families so that they register themselves.
+from cifarlib.models import cifar, mnist, transfer  # noqa: E402,F401

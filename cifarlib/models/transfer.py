@@ -1,0 +1,1 @@
+"""ResNet18 transfer learning for report part 4."""

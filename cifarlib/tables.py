@@ -1,0 +1,89 @@
+"""Result tables: plain pandas DataFrames, rendered as Markdown so they are real tables in Jupyter
+and in the LaTeX PDF (a bare DataFrame prints as monospace text there).
+
+Accuracies are stored as fractions (0..1) in run records and shown in percent here.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False) -> str:
+    """GitHub-style Markdown (needs ``tabulate``)."""
+    return df.to_markdown(index=index, floatfmt=floatfmt)
+
+
+def show(df: pd.DataFrame, caption: str | None = None, floatfmt: str = ".4g", index: bool = False) -> None:
+    """Display ``df`` as a Markdown table (with an optional caption line above it)."""
+    from IPython.display import Markdown, display
+
+    text = to_markdown(df, floatfmt=floatfmt, index=index)
+    display(Markdown(f"*{caption}*\n\n{text}" if caption else text))
+
+
+def _metrics_of(item) -> Mapping:
+    """Accept a run record (has .metrics), a fit() Run (has .metrics) or a plain metrics dict."""
+    return getattr(item, "metrics", item)
+
+
+def final_metrics_row(metrics: Mapping, prefix: str = "final") -> dict:
+    """``{"train loss": .., "train acc (%)": .., ...}`` from ``final_train_loss``-style keys."""
+    row = {}
+    for split in SPLITS:
+        row[f"{SPLIT_NAMES[split]} loss"] = metrics.get(f"{prefix}_{split}_loss", float("nan"))
+        acc = metrics.get(f"{prefix}_{split}_acc", float("nan"))
+        row[f"{SPLIT_NAMES[split]} acc (%)"] = 100.0 * acc
+    return row
+
+
+def metrics_table(runs: Mapping[str, object], prefix: str = "final", extra: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per run: final train/validation/test loss and accuracy (plus ``extra`` metric keys).
+
+    ``runs`` maps a label to a run record, a Run, or a metrics dict.
+    """
+    rows = []
+    for label, item in runs.items():
+        m = _metrics_of(item)
+        rows.append({"model": label, **final_metrics_row(m, prefix), **{k: m.get(k) for k in extra}})
+    return pd.DataFrame(rows)
+
+
+def mean_std_table(groups: Mapping[str, list], prefix: str = "final", digits: int = 2) -> pd.DataFrame:
+    """One row per group of runs (e.g. seeds): each cell ``mean ± std`` over the group, plus the count.
+
+    Losses are shown with 3 decimals, accuracies in percent with ``digits`` decimals; std is the
+    sample standard deviation (n-1), empty when there is a single run.
+    """
+    rows = []
+    for label, items in groups.items():
+        frame = pd.DataFrame([final_metrics_row(_metrics_of(i), prefix) for i in items])
+        row = {"model": label, "runs": len(frame)}
+        for col in frame.columns:
+            dec = digits if "acc" in col else 3
+            mean, std = frame[col].mean(), frame[col].std(ddof=1)
+            if frame[col].isna().all():
+                row[col] = "–"
+            else:
+                row[col] = f"{mean:.{dec}f}" if len(frame) < 2 else f"{mean:.{dec}f} ± {std:.{dec}f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def config_table(config: Mapping, keys: Iterable[str] | None = None) -> pd.DataFrame:
+    """Two columns, setting and value, for the hyperparameters a reader needs to replicate a run."""
+    keys = list(keys) if keys is not None else list(config)
+    return pd.DataFrame({"setting": keys, "value": [_fmt_value(config[k]) for k in keys]})
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt_value(x)}" for k, x in v.items()) or "-"
+    return "-" if v is None else str(v)
