@@ -6,19 +6,36 @@ CONTRACT (other modules rely on these names and signatures; keep them):
     ds = synthetic(n_train=2000, n_test=500, num_classes=10, channels=3, size=32, seed=0)
     ds = subset(ds, train_per_class=100, test_per_class=50, seed=0)
     sp = split(ds, val_fraction=0.1, seed=0)          # -> Splits(train, val, test, classes, mean, std, ...)
+    sp = split(ds, val_size=10_000, seed=0)           # absolute validation size (MNIST: 50,000/10,000)
     for x, y in Loader(sp.train, batch_size=64, mean=sp.mean, std=sp.std, shuffle=True,
                        augment=Augment(crop_pad=4, flip=True), device="cpu", seed=0): ...
-
-TODO(data helper): implement the bodies marked NotImplementedError.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import warnings
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy
 import torch
 
-from cifarlib.errors import CifarlibError  # noqa: F401
+from cifarlib import paths
+from cifarlib.atomic import atomic_path
+from cifarlib.errors import CifarlibError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MNIST_CLASSES = [str(d) for d in range(10)]
@@ -74,22 +91,244 @@ class Augment:
     cutout: int = 0  # side of a square zeroed at a random position (0 = off)
 
 
-def load(name: str = "cifar10", root=None, download: bool = False, cache_dir=None) -> Dataset:
-    raise NotImplementedError
+def short_hash(*parts) -> str:
+    """A 12-hex-digit SHA-256 of ``parts`` (anything JSON can write)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
+    """Images per class, index = class id."""
+    return torch.bincount(labels, minlength=num_classes).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data
+# ---------------------------------------------------------------------------------------------
 
 def synthetic(n_train: int = 2000, n_test: int = 500, num_classes: int = 10, channels: int = 3,
-              size: int = 32, seed: int = 0) -> Dataset:
-    raise NotImplementedError
+              size: int = 32, seed: int = 0, noise: float = 0.25) -> Dataset:
+    """Images with learnable class structure, for tests and quick runs.
+
+    Each class has its own colour (per-channel brightness) and its own sinusoidal grating
+    (frequency and orientation); every image gets a random phase and Gaussian pixel noise of
+    standard deviation ``noise`` (in [0, 1] pixel units). Labels are balanced (round robin, then
+    shuffled). Same arguments -> identical tensors.
+    """
+    if min(n_train, n_test) < 0 or num_classes < 2 or channels < 1 or size < 4:
+        raise CifarlibError(f"synthetic(n_train={n_train}, n_test={n_test}, num_classes={num_classes}, "
+                            f"channels={channels}, size={size}) is not a valid shape; use n >= 0, "
+                            "num_classes >= 2, channels >= 1, size >= 4")
+    gen = torch.Generator().manual_seed(seed)
+    colour = 0.25 + 0.5 * torch.rand(num_classes, channels, generator=gen)  # [0.25, 0.75]
+    freq = 1.0 + 3.0 * torch.rand(num_classes, generator=gen)  # cycles per image side
+    angle = math.pi * torch.rand(num_classes, generator=gen)  # grating orientation, radians
+    classes = [f"class{k}" for k in range(num_classes)]
+
+    def make(n: int) -> ImageSet:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=gen)]
+        coords = torch.arange(size, dtype=torch.float32) / size
+        yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+        along = (torch.cos(angle)[labels, None, None] * xx + torch.sin(angle)[labels, None, None] * yy)
+        phase = 2 * math.pi * torch.rand(n, 1, 1, generator=gen)
+        grating = 0.2 * torch.sin(2 * math.pi * freq[labels, None, None] * along + phase)  # (n, H, W)
+        pixels = colour[labels][:, :, None, None] + grating[:, None]
+        pixels = pixels + noise * torch.randn(n, channels, size, size, generator=gen)
+        images = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+        return ImageSet(images, labels.to(torch.int64))
+
+    train, test = make(n_train), make(n_test)
+    identity = short_hash("synthetic", n_train, n_test, num_classes, channels, size, seed, noise)
+    info = {"train_per_class": class_counts(train.labels, num_classes),
+            "test_per_class": class_counts(test.labels, num_classes)}
+    return Dataset("synthetic", "synthetic", classes, train, test, identity, None, info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection: subset and split
+# ---------------------------------------------------------------------------------------------
+
+def _per_class_first(labels: torch.Tensor, limit: int | None, gen: torch.Generator) -> torch.Tensor:
+    """Indices of at most ``limit`` images per class, chosen at random (seeded), in original order."""
+    if limit is None:
+        return torch.arange(len(labels))
+    order = torch.randperm(len(labels), generator=gen)
+    rank = _rank_within_class(labels[order])
+    return order[rank < limit].sort().values
+
+
+def _rank_within_class(labels: torch.Tensor) -> torch.Tensor:
+    """For each position, how many earlier positions have the same label (0, 1, 2, ... per class)."""
+    order = torch.sort(labels, stable=True).indices
+    sorted_labels = labels[order]
+    starts = torch.searchsorted(sorted_labels, sorted_labels, right=False)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(labels)) - starts
+    return rank
+
+
+def _take(s: ImageSet, idx: torch.Tensor) -> ImageSet:
+    return ImageSet(s.images[idx], s.labels[idx])
 
 
 def subset(ds: Dataset, train_per_class: int | None = None, test_per_class: int | None = None,
            seed: int = 0) -> Dataset:
-    raise NotImplementedError
+    """Keep at most ``train_per_class`` / ``test_per_class`` images per class (None = all).
+
+    Which images are kept is a seeded random choice; they stay in their original order.
+    """
+    for value in (train_per_class, test_per_class):
+        if value is not None and value < 1:
+            raise CifarlibError(f"subset: per-class limit {value} is below 1; pass a positive count or None for all")
+    gen = torch.Generator().manual_seed(seed)
+    train = _take(ds.train, _per_class_first(ds.train.labels, train_per_class, gen))
+    test = _take(ds.test, _per_class_first(ds.test.labels, test_per_class, gen))
+    k = len(ds.classes)
+    info = {**ds.info, "subset": {"train_per_class": train_per_class, "test_per_class": test_per_class,
+                                  "seed": seed},
+            "train_per_class": class_counts(train.labels, k), "test_per_class": class_counts(test.labels, k)}
+    identity = short_hash(ds.identity, "subset", train_per_class, test_per_class, seed)
+    return Dataset(ds.name, ds.source, list(ds.classes), train, test, identity, ds.root, info)
 
 
-def split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0) -> Splits:
-    raise NotImplementedError
+def _validation_order(labels: torch.Tensor, gen: torch.Generator, stratify: bool) -> torch.Tensor:
+    """A seeded order of all indices; the first k of it are the validation set for any k.
+
+    Stratified: each class is spread evenly along the order (the i-th of n_c images of a class sits
+    at key (i + 0.5) / n_c), so any prefix holds every class in proportion, to within one image.
+    """
+    order = torch.randperm(len(labels), generator=gen)
+    if not stratify:
+        return order
+    shuffled = labels[order]
+    counts = torch.bincount(shuffled).to(torch.float64)
+    key = (_rank_within_class(shuffled).to(torch.float64) + 0.5) / counts[shuffled]
+    return order[torch.sort(key, stable=True).indices]
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) standard deviation of uint8 images, in [0, 1] pixel units.
+
+    Exact: computed from a 256-bin histogram per channel, so it needs no float copy of the images.
+    """
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        total = hist.sum().clamp_min(1)
+        mean = (hist * values).sum() / total
+        var = (hist * (values - mean) ** 2).sum() / total
+        means.append(float(mean))
+        stds.append(float(var.sqrt().clamp_min(1e-6)))
+    return tuple(means), tuple(stds)
+
+
+def split(ds: Dataset, val_fraction: float = 0.1, seed: int = 0, *, val_size: int | None = None,
+          stratify: bool = True) -> Splits:
+    """Hold out a validation set from ``ds.train``; ``ds.test`` stays the test set.
+
+    ``val_size`` (images) overrides ``val_fraction``. The choice is seeded: the same seed gives the
+    same split on every run and machine. ``stratify`` keeps class proportions (to within one image
+    per class). ``mean``/``std`` are per channel, in [0, 1] pixel units, computed on the training
+    part only (the validation images are not seen), as used for normalization.
+    """
+    n = len(ds.train)
+    if val_size is None:
+        if not 0 <= val_fraction < 1:
+            raise CifarlibError(f"split: val_fraction={val_fraction} is outside [0, 1); pass e.g. 0.1")
+        val_size = int(round(n * val_fraction))
+    if not 0 <= val_size < n:
+        raise CifarlibError(f"split: val_size={val_size} leaves no training images out of {n}; "
+                            f"pass a val_size below {n}")
+    order = _validation_order(ds.train.labels, torch.Generator().manual_seed(seed), stratify)
+    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    train, val = _take(ds.train, train_idx), _take(ds.train, val_idx)
+    mean, std = channel_stats(train.images)
+    identity = short_hash(ds.identity, "split", val_size, seed, stratify)
+    return Splits(train, val, ds.test, list(ds.classes), mean, std, identity, ds.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched augmentation and the loader
+# ---------------------------------------------------------------------------------------------
+
+def draw_augment_params(n: int, augment: Augment, height: int, width: int,
+                        gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random choices for ``n`` images (CPU, from ``gen``): crop offsets ``dy``/``dx`` in
+    [0, 2 * crop_pad] (pixels into the padded image), ``flip`` (bool) and the cutout square's
+    top-left corner ``cy``/``cx`` (may lie partly outside the image, so the square can be clipped)."""
+    p = augment.crop_pad
+    params = {}
+    if p:
+        params["dy"] = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+        params["dx"] = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+    if augment.flip:
+        params["flip"] = torch.rand(n, generator=gen) < 0.5
+    if augment.cutout:
+        s = augment.cutout
+        params["cy"] = torch.randint(-(s // 2), height - s // 2, (n,), generator=gen)
+        params["cx"] = torch.randint(-(s // 2), width - s // 2, (n,), generator=gen)
+    return params
+
+
+def _group_bounds(sorted_key: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(key, start, stop) of each run of equal values in a sorted 1-D tensor."""
+    keys, counts = torch.unique_consecutive(sorted_key, return_counts=True)
+    stops = counts.cumsum(0).tolist()
+    return [(k, stop - n, stop) for k, n, stop in zip(keys.tolist(), counts.tolist(), stops)]
+
+
+def _crop_groups(x: torch.Tensor, shifts_y: list[int], shifts_x: list[int], groups) -> torch.Tensor:
+    """Translate each group of images by its own (sy, sx) pixels with zero fill: one slice copy per
+    group. Equals cropping at offset (p + sy, p + sx) from the image zero-padded by p pixels."""
+    _, _, h, w = x.shape
+    out = torch.zeros_like(x)
+    for key, a, b in groups:
+        sy, sx = shifts_y[key], shifts_x[key]
+        r0, r1, c0, c1 = max(0, -sy), min(h, h - sy), max(0, -sx), min(w, w - sx)
+        if r0 < r1 and c0 < c1:
+            out[a:b, :, r0:r1, c0:c1] = x[a:b, :, r0 + sy:r1 + sy, c0 + sx:c1 + sx]
+    return out
+
+
+def _cutout(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square with top-left corner (cy, cx) in each image (clipped)."""
+    _, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    in_rows = (rows >= cy[:, None]) & (rows < cy[:, None] + size)  # (N, H)
+    in_cols = (cols >= cx[:, None]) & (cols < cx[:, None] + size)  # (N, W)
+    return x.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)
+
+
+def apply_augment(images: torch.Tensor, augment: Augment, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Augment uint8 images (N, C, H, W) with the choices in ``params`` (see
+    :func:`draw_augment_params`): crop from the zero-padded image, then flip, then cutout.
+
+    Vectorised without per-image Python work: images are sorted so that those sharing a crop
+    offset and flip flag sit together (at most 2 * (2p + 1)^2 groups), each group is one slice
+    copy, and the result is put back in input order. Returns a new tensor on the same device.
+    """
+    params = {k: v.to(images.device) for k, v in params.items()}
+    p, side = augment.crop_pad, 2 * augment.crop_pad + 1  # offsets per axis
+    key = torch.zeros(len(images), dtype=torch.int64, device=images.device)
+    if p:
+        key += params["dy"] * side + params["dx"]  # crop group, 0 .. side^2 - 1
+    if augment.flip:
+        key += side * side * params["flip"].long()  # flipped images sort after all others
+    order = torch.argsort(key, stable=True)
+    x = images.index_select(0, order)
+    if p and len(images):
+        crop = [k % (side * side) for k in range(2 * side * side)]  # group key -> crop group
+        x = _crop_groups(x, [c // side - p for c in crop], [c % side - p for c in crop],
+                         _group_bounds(key[order]))
+    if augment.flip:
+        first_flipped = int((~params["flip"]).sum())
+        x[first_flipped:] = x[first_flipped:].flip(3)
+    if augment.cutout:
+        x = _cutout(x, augment.cutout, params["cy"][order], params["cx"][order])
+    return x.index_select(0, torch.argsort(order))
 
 
 class Loader:
@@ -98,14 +337,489 @@ class Loader:
     The whole split is moved to ``device`` once as uint8; each epoch (each ``iter()``) draws a
     ``randperm`` from a generator seeded with ``seed + epoch``; augmentation and normalization
     run batched on the device. ``len(loader)`` is the number of batches.
+
+    Random choices are drawn on the CPU for the whole epoch, so a seed gives the same batches on
+    every device; images are augmented ``chunk`` at a time (a multiple of the batch size) to bound
+    memory. ``mean``/``std`` are per channel in [0, 1] pixel units.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, mean, std, shuffle: bool = False,
                  augment: Augment | None = None, device="cpu", channels_last: bool = False,
-                 drop_last: bool = False, seed: int = 0, dtype=torch.float32):
-        raise NotImplementedError
+                 drop_last: bool = False, seed: int = 0, dtype=torch.float32, chunk: int = 8192):
+        if batch_size < 1:
+            raise CifarlibError(f"Loader: batch_size={batch_size} is below 1; pass a positive batch size")
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.augment = augment if augment is not None and augment != Augment() else None
+        self.channels_last, self.seed, self.dtype = channels_last, seed, dtype
+        self.chunk = max(batch_size, chunk // batch_size * batch_size)
+        c = self.images.shape[1]
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
+        if mean_t.shape[1] != c or std_t.shape[1] != c:
+            raise CifarlibError(f"Loader: mean/std have {mean_t.shape[1]}/{std_t.shape[1]} values for {c}-channel "
+                                "images; pass one value per channel (e.g. Splits.mean, Splits.std)")
+        self.scale = 1.0 / (255.0 * std_t)  # x = u8 * scale + shift  ==  (u8 / 255 - mean) / std
+        self.shift = -mean_t / std_t
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        """Images per epoch (after drop_last)."""
+        return len(self) * self.batch_size if self.drop_last else len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next ``iter()`` uses ``seed + epoch``."""
+        self.epoch = epoch
+
+    def normalize(self, u8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) on the device -> normalized ``dtype`` tensor."""
+        x = u8.to(torch.float32).mul_(self.scale).add_(self.shift).to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        n = len(self) * self.batch_size if self.drop_last else len(self.labels)
+        order = torch.randperm(len(self.labels), generator=gen)[:n] if self.shuffle else torch.arange(n)
+        _, _, h, w = self.images.shape
+        params = draw_augment_params(n, self.augment, h, w, gen) if self.augment else {}
+        order = order.to(self.device)
+        for start in range(0, n, self.chunk):
+            idx = order[start:start + self.chunk]
+            u8 = self.images[idx]
+            if self.augment:
+                u8 = apply_augment(u8, self.augment, {k: v[start:start + self.chunk] for k, v in params.items()})
+            y = self.labels[idx]
+            for b in range(0, len(idx), self.batch_size):
+                yield self.normalize(u8[b:b + self.batch_size]), y[b:b + self.batch_size]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading real data (sources, cache, errors) and the CLI
+# ---------------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
+ENV_VARS = {"cifar10": paths.ENV_DATA, "mnist": paths.ENV_MNIST}  # data root variable per data set
+LAYOUTS = ("an image-folder tree ROOT/{train,test}/<class>/*.png|jpg|jpeg, a .tar.gz/.tgz/.zip of one, "
+           "an official cifar-10-batches-py folder (or its parent), or a torchvision root (ROOT/MNIST/raw)")
+CACHE_FORMAT = 1  # bump when the cached payload changes; old cache files are then ignored
+
+
+def _one_line(err) -> str:
+    """An exception's text as one short line, without C++ source locations."""
+    text = re.sub(r"\S+\.(?:cpp|h):\d+,?\s*", "", " ".join(str(err).split()))
+    return text[:160] or type(err).__name__
+
+
+def load(name: str = "cifar10", root=None, download: bool = False, cache_dir=None) -> Dataset:
+    """Find, decode (or read from the cache) and return a data set.
+
+    ``root`` (default: $CIFARLIB_DATA for cifar10, $CIFARLIB_MNIST_DATA for mnist) may hold any of
+    :data:`LAYOUTS`; the layout is detected. ``download=True`` fetches the official files with
+    torchvision (checksum-verified) into ``root`` (default ``<cache>/torchvision``) unless root
+    already holds data. Decoded tensors are cached under ``cache_dir`` (default
+    :func:`cifarlib.paths.cache_dir`), keyed by the source files' names, sizes and modification
+    times, so a changed source is decoded again. ``info`` records ``cache`` ("hit"/"miss"),
+    ``load_s`` (seconds) and the cache file. ``name="synthetic"`` returns :func:`synthetic`.
+    """
+    if name == "synthetic":
+        return synthetic()
+    if name not in ENV_VARS:
+        raise CifarlibError(f"unknown dataset {name!r}; choose one of: cifar10, mnist, synthetic")
+    start = time.perf_counter()
+    cache = paths.cache_dir(cache_dir)
+    root = _resolve_root(name, root, download, cache)
+    if download and _find_layout(name, root) is None:
+        _download(name, root)
+    kind, where = _detect(name, root)
+    cache_file = cache / "data" / f"{name}-{kind}-{short_hash(str(where.resolve()))}-{_source_key(kind, where)}.pt"
+    payload = _read_cache(cache_file)
+    hit = payload is not None
+    if not hit:
+        payload = _decode_source(name, kind, where, cache)
+        _write_cache(cache_file, payload)
+    return _dataset(name, kind, root, download, payload, {
+        "cache": "hit" if hit else "miss", "cache_file": str(cache_file), "layout": payload["layout"],
+        "load_s": round(time.perf_counter() - start, 3)})
+
+
+def _dataset(name: str, kind: str, root: Path, download: bool, payload: dict, info: dict) -> Dataset:
+    classes = list(payload["classes"])
+    train = ImageSet(payload["train_images"], payload["train_labels"])
+    test = ImageSet(payload["test_images"], payload["test_labels"])
+    source = "torchvision" if download or kind == "torchvision-mnist" else payload["layout"]
+    info.update(train_per_class=class_counts(train.labels, len(classes)),
+                test_per_class=class_counts(test.labels, len(classes)))
+    return Dataset(name, source, classes, train, test, short_hash(name, payload["content"]), str(root), info)
+
+
+# ----------------------------------------------------------------------------- finding the source
+
+def _resolve_root(name: str, root, download: bool, cache: Path) -> Path:
+    """Explicit root, else the data set's environment variable, else (download only) the cache."""
+    env = ENV_VARS[name]
+    if root is None:
+        root = os.environ.get(env) or None
+    if root is not None:
+        return Path(root).expanduser()
+    if download:
+        return cache / "torchvision"
+    raise CifarlibError(f"no data root for {name}: pass --data-root PATH (root=...) or set ${env} to {LAYOUTS}; "
+                        "or use --download (download=True) on a machine with internet")
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _find_layout(name: str, root: Path) -> tuple[str, Path] | None:
+    """(kind, folder) of the data under ``root``, looking also inside one wrapping folder; or None.
+    kind: "image-folder" | "image-archive" | "cifar-batches" | "torchvision-mnist"."""
+    if root.is_file():
+        return ("image-archive", root) if _is_archive(root) else None
+    if not root.is_dir():
+        return None
+    entries = _visible(root)
+    wrapper = entries if len(entries) == 1 and entries[0].is_dir() else []
+    for folder in (root, *wrapper):
+        if name == "cifar10":
+            for candidate in (folder, folder / "cifar-10-batches-py"):
+                if (candidate / "batches.meta").is_file():
+                    return "cifar-batches", candidate
+        if name == "mnist" and (folder / "MNIST" / "raw").is_dir():
+            return "torchvision-mnist", folder
+        if (folder / "train").is_dir() and (folder / "test").is_dir():
+            return "image-folder", folder
+    return None
+
+
+def _detect(name: str, root: Path) -> tuple[str, Path]:
+    """Like :func:`_find_layout`, but a root without data is a one-line error saying why."""
+    found = _find_layout(name, root)
+    if found is not None:
+        return found
+    env = ENV_VARS[name]
+    if not root.exists():
+        raise CifarlibError(f"data root {root} does not exist; pass --data-root PATH or set ${env} to {LAYOUTS}")
+    if root.is_file():
+        raise CifarlibError(f"data root {root} is a file but not a .tar.gz/.tgz/.zip archive; accepted: {LAYOUTS}")
+    entries = _visible(root)
+    if not entries:
+        raise CifarlibError(f"data root {root} is empty; put {LAYOUTS} there (or use --download with internet)")
+    names = {p.name for p in entries}
+    for have, lack in (("train", "test"), ("test", "train")):
+        if have in names and lack not in names:
+            raise CifarlibError(f"data root {root} has a {have}/ folder but no {lack}/ folder; "
+                                f"an image-folder tree needs both ROOT/train/<class>/ and ROOT/test/<class>/")
+    shown = ", ".join(sorted(names)[:8]) + (", ..." if len(names) > 8 else "")
+    raise CifarlibError(f"data root {root} is not a recognised layout (it holds: {shown}); accepted: {LAYOUTS}")
+
+
+def _scan_tree(root: Path) -> dict[str, dict[str, list[os.DirEntry]]]:
+    """split -> class -> image files (sorted by name) of an image-folder tree."""
+    tree = {}
+    for split_name in ("train", "test"):
+        with os.scandir(root / split_name) as it:
+            class_dirs = sorted((e for e in it if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+        tree[split_name] = {}
+        for cls in class_dirs:
+            with os.scandir(cls.path) as it:
+                files = [e for e in it if e.is_file() and not e.name.startswith(".")
+                         and e.name.lower().endswith(IMAGE_SUFFIXES)]
+            tree[split_name][cls.name] = sorted(files, key=lambda e: e.name)
+    return tree
+
+
+def _source_key(kind: str, where: Path) -> str:
+    """Cheap fingerprint of the source: names, sizes and modification times of its files."""
+    if kind == "image-folder":
+        files = [(f"{s}/{c}/{e.name}", e.stat()) for s, classes in _scan_tree(where).items()
+                 for c, entries in classes.items() for e in entries]
+    elif kind == "image-archive":
+        files = [(where.name, where.stat())]
+    else:
+        folder = where / "MNIST" / "raw" if kind == "torchvision-mnist" else where
+        files = [(p.name, p.stat()) for p in _visible(folder) if p.is_file()]
+    return short_hash(CACHE_FORMAT, kind, [(n, st.st_size, st.st_mtime_ns) for n, st in files])
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _decode_source(name: str, kind: str, where: Path, cache: Path) -> dict:
+    """Decode a source into the cache payload (tensors, classes, layout, content hash)."""
+    if kind == "image-archive":
+        archive, where = where, _extract_archive(where, cache)
+        found = _find_layout(name, where)
+        if found is None or found[0] == "image-archive":
+            raise CifarlibError(f"archive {archive} holds no recognised layout; accepted: {LAYOUTS}")
+        kind, where = found
+    if kind == "image-folder":
+        payload = _decode_tree(where)
+    elif kind == "cifar-batches":
+        payload = _read_cifar_batches(where)
+    else:
+        payload = _read_torchvision_mnist(where)
+    payload.update(format=CACHE_FORMAT, layout=kind, content=_content_hash(payload))
+    return payload
+
+
+def _extract_archive(archive: Path, cache: Path) -> Path:
+    """Extract ``archive`` once into ``<cache>/extracted/``; later calls reuse the folder.
+
+    Extraction goes to a temporary folder that is renamed into place, so an interrupted run
+    leaves nothing half-written behind."""
+    st = archive.stat()
+    stem = re.sub(r"(\.tar\.gz|\.tgz|\.zip)$", "", archive.name, flags=re.IGNORECASE)
+    dest = cache / "extracted" / f"{stem}-{short_hash(str(archive.resolve()), st.st_size, st.st_mtime_ns)}"
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        try:
+            if archive.name.lower().endswith(".zip"):
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(tmp)
+            else:
+                with tarfile.open(archive, "r:gz") as tf:
+                    tf.extractall(tmp, filter="data")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+            raise CifarlibError(f"cannot extract archive {archive} ({_one_line(err)}); "
+                                "download or create it again") from None
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not dest.is_dir():  # not a concurrent extraction that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _check_tree(root: Path, tree: dict) -> None:
+    train, test = tree["train"], tree["test"]
+    if not train:
+        raise CifarlibError(f"{root / 'train'} has no class folders; expected ROOT/train/<class>/*.png|jpg|jpeg")
+    if set(train) != set(test):
+        only_train = ", ".join(sorted(set(train) - set(test))) or "none"
+        only_test = ", ".join(sorted(set(test) - set(train))) or "none"
+        raise CifarlibError(f"train and test class folders differ in {root} (only in train: {only_train}; "
+                            f"only in test: {only_test}); give train/ and test/ the same class folders")
+    for split_name, classes in tree.items():
+        for cls, files in classes.items():
+            if not files:
+                raise CifarlibError(f"class folder {root / split_name / cls} has no images (*.png, *.jpg, *.jpeg); "
+                                    "add images or remove the class from both train/ and test/")
+
+
+def _decode_tree(root: Path) -> dict:
+    """Decode an image-folder tree; classes are the sorted folder names, labels their indices."""
+    tree = _scan_tree(root)
+    _check_tree(root, tree)
+    classes = sorted(tree["train"])
+    files = {s: [e.path for c in classes for e in tree[s][c]] for s in ("train", "test")}
+    images = _decode_files(files["train"] + files["test"])
+    n_train = len(files["train"])
+    payload = {"classes": classes, "train_images": images[:n_train].clone(), "test_images": images[n_train:].clone()}
+    for s in ("train", "test"):
+        payload[f"{s}_labels"] = torch.tensor([k for k, c in enumerate(classes) for _ in tree[s][c]], dtype=torch.int64)
+    return payload
+
+
+def _decode_file(path: str) -> torch.Tensor:
+    """One PNG/JPEG file -> uint8 (3, H, W) (grayscale, palette and alpha images converted to RGB)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise CifarlibError(f"cannot decode image {path} ({_one_line(err)}); delete or replace the file") from None
+    if image.dtype != torch.uint8:
+        raise CifarlibError(f"image {path} has {image.dtype} pixels; convert it to 8 bits per channel")
+    return image
+
+
+def _decode_chunk(files: list[str]) -> list[torch.Tensor]:
+    return [_decode_file(f) for f in files]
+
+
+def _decode_files(files: list[str]) -> torch.Tensor:
+    """Decode image files in parallel threads -> uint8 (N, C, H, W); C = 1 when every image is gray."""
+    chunks = [files[i:i + 512] for i in range(0, len(files), 512)]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        images = [image for part in pool.map(_decode_chunk, chunks) for image in part]
+    height, width = images[0].shape[1:]
+    for path, image in zip(files, images):
+        if image.shape[1:] != (height, width):
+            raise CifarlibError(f"images of mixed sizes: {path} is {image.shape[1]}x{image.shape[2]} but {files[0]} "
+                                f"is {height}x{width} (height x width); resize all images to one size")
+    stacked = torch.stack(images)
+    gray = torch.equal(stacked[:, 0], stacked[:, 1]) and torch.equal(stacked[:, 1], stacked[:, 2])
+    return stacked[:, :1].clone() if gray else stacked
+
+
+def _content_hash(payload: dict) -> str:
+    """SHA-256 of the decoded tensors and class names: the data's identity, independent of paths."""
+    digest = hashlib.sha256(json.dumps(payload["classes"]).encode("utf-8"))
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        tensor = payload[key].contiguous()
+        digest.update(f"{key}{tuple(tensor.shape)}".encode("utf-8"))
+        digest.update(tensor.numpy().data)
+    return digest.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- official formats
+
+def _cifar_batch_md5() -> dict[str, list[tuple[str, str]]]:
+    """Official cifar-10-batches-py files and their MD5 sums (torchvision's list), per part."""
+    from torchvision.datasets import CIFAR10
+
+    return {"train": [tuple(x) for x in CIFAR10.train_list], "test": [tuple(x) for x in CIFAR10.test_list],
+            "meta": [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])]}
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_cifar_batches(folder: Path) -> dict:
+    """Verify (MD5) and read the official pickled batches: 10000 x 3072 uint8 rows each."""
+    fix = f"delete {folder} and download it again (--download / download=True, or copy it anew)"
+    parts = _cifar_batch_md5()
+    for file_name, md5 in (entry for files in parts.values() for entry in files):
+        path = folder / file_name
+        if not path.is_file():
+            raise CifarlibError(f"official CIFAR-10 folder {folder} lacks {file_name}; {fix}")
+        if _md5(path) != md5:
+            raise CifarlibError(f"{path} fails its MD5 check ({path.stat().st_size:,} bytes, expected md5 {md5}): "
+                                f"the file is truncated or altered; {fix}")
+    meta = _unpickle(folder / parts["meta"][0][0], fix)
+    payload = {"classes": [str(c) for c in meta["label_names"]]}
+    for part in ("train", "test"):
+        batches = [_unpickle(folder / file_name, fix) for file_name, _ in parts[part]]
+        rows = numpy.concatenate([numpy.asarray(b["data"], dtype=numpy.uint8) for b in batches])
+        payload[f"{part}_images"] = torch.from_numpy(rows.reshape(-1, 3, 32, 32).copy())
+        payload[f"{part}_labels"] = torch.tensor([y for b in batches for y in b["labels"]], dtype=torch.int64)
+    return payload
+
+
+def _unpickle(path: Path, fix: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, AttributeError) as err:
+        raise CifarlibError(f"cannot read {path} ({_one_line(err)}): the file is truncated or corrupt; {fix}") from None
+
+
+def _read_torchvision_mnist(root: Path) -> dict:
+    from torchvision.datasets import MNIST
+
+    try:
+        parts = {p: MNIST(str(root), train=(p == "train"), download=False) for p in ("train", "test")}
+    except RuntimeError as err:
+        raise CifarlibError(f"torchvision MNIST files under {root / 'MNIST' / 'raw'} are missing or fail their checks "
+                            f"({_one_line(err)}); delete that folder and use --download again") from None
+    payload = {"classes": list(MNIST_CLASSES)}
+    for p, d in parts.items():
+        payload[f"{p}_images"] = d.data.to(torch.uint8).unsqueeze(1).contiguous()
+        payload[f"{p}_labels"] = d.targets.to(torch.int64)
+    return payload
+
+
+def _download(name: str, root: Path) -> None:
+    """Fetch the official files with torchvision (which verifies their MD5 sums) into ``root``."""
+    from torchvision import datasets
+
+    dataset = {"cifar10": datasets.CIFAR10, "mnist": datasets.MNIST}[name]
+    try:
+        for train in (True, False):
+            dataset(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as err:  # urllib.error.URLError is an OSError
+        raise CifarlibError(f"cannot download {name} ({_one_line(err)}); this machine looks offline: point at local "
+                            f"data with --data-root PATH or ${ENV_VARS[name]} ({LAYOUTS})") from None
+
+
+# ----------------------------------------------------------------------------- cache
+
+def _read_cache(path: Path) -> dict | None:
+    """The cached payload, or None when missing, unreadable or of an older format (then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
+        return None
+    return payload if isinstance(payload, dict) and payload.get("format") == CACHE_FORMAT else None
+
+
+def _write_cache(path: Path, payload: dict) -> None:
+    """Write atomically; drop older cache files of the same source. A read-only cache only warns."""
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as err:
+        warnings.warn(f"could not write the data cache {path} ({_one_line(err)}); the next load decodes again")
+        return
+    prefix = path.name.rsplit("-", 1)[0]
+    for old in path.parent.glob(f"{prefix}-*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def describe(ds: Dataset) -> str:
+    """A short multi-line summary: source, root, image shape, classes, counts per split and class."""
+    c, h, w = ds.train.images.shape[1:]
+    train_counts = class_counts(ds.train.labels, len(ds.classes))
+    test_counts = class_counts(ds.test.labels, len(ds.classes))
+    width = max(len(c) for c in ds.classes)
+    lines = [f"dataset   {ds.name} (source: {ds.source}, layout: {ds.info.get('layout', ds.source)})",
+             f"root      {ds.root}",
+             f"images    {c} x {h} x {w} (channels x height x width), uint8",
+             f"classes   {len(ds.classes)}: {' '.join(ds.classes)}",
+             f"identity  {ds.identity}",
+             f"counts    train {len(ds.train):,}  test {len(ds.test):,}",
+             f"          {'class':<{width}}  {'train':>7}  {'test':>7}"]
+    lines += [f"          {cls:<{width}}  {a:>7,}  {b:>7,}" for cls, a, b in zip(ds.classes, train_counts, test_counts)]
+    return "\n".join(lines)
 
 
 def cli(argv: list[str]) -> int:
     """``python -m cifarlib data [--data-root PATH] [--dataset cifar10|mnist]``."""
-    raise NotImplementedError
+    parser = argparse.ArgumentParser(
+        prog="python -m cifarlib data",
+        description="Show what data set a data root holds, and how long loading takes: cold (cache miss: "
+                    "decoded from the source) or warm (cache hit), then a second, warm load.")
+    parser.add_argument("--dataset", choices=["cifar10", "mnist"], default="cifar10")
+    parser.add_argument("--data-root", default=None,
+                        help=f"data root (default: ${paths.ENV_DATA} for cifar10, ${paths.ENV_MNIST} for mnist); "
+                             f"accepted: {LAYOUTS}")
+    parser.add_argument("--download", action="store_true", help="fetch the official files with torchvision if missing")
+    parser.add_argument("--cache-dir", default=None, help=f"decoded-tensor cache (default: ${paths.ENV_CACHE} "
+                                                          "or ~/.cache/cifarlib); safe to delete")
+    args = parser.parse_args(argv)
+    ds = load(args.dataset, args.data_root, download=args.download, cache_dir=args.cache_dir)
+    warm = load(args.dataset, ds.root, cache_dir=args.cache_dir)
+    first = "cold (cache miss: decoded the source)" if ds.info["cache"] == "miss" else "warm (cache hit)"
+    print(describe(ds))
+    print(f"load      {ds.info['load_s']:.2f} s {first}; second load {warm.info['load_s']:.2f} s "
+          f"({'warm (cache hit)' if warm.info['cache'] == 'hit' else 'cache miss again: is the cache writable?'})")
+    print(f"cache     {ds.info['cache_file']}")
+    return 0

@@ -14,16 +14,17 @@ SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
 
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False) -> str:
-    """GitHub-style Markdown (needs ``tabulate``)."""
-    return df.to_markdown(index=index, floatfmt=floatfmt)
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False, intfmt: str = ",") -> str:
+    """GitHub-style Markdown (needs ``tabulate``); integers with thousands separators by default."""
+    return df.to_markdown(index=index, floatfmt=floatfmt, intfmt=intfmt)
 
 
-def show(df: pd.DataFrame, caption: str | None = None, floatfmt: str = ".4g", index: bool = False) -> None:
+def show(df: pd.DataFrame, caption: str | None = None, floatfmt: str = ".4g", index: bool = False,
+         intfmt: str = ",") -> None:
     """Display ``df`` as a Markdown table (with an optional caption line above it)."""
     from IPython.display import Markdown, display
 
-    text = to_markdown(df, floatfmt=floatfmt, index=index)
+    text = to_markdown(df, floatfmt=floatfmt, index=index, intfmt=intfmt)
     display(Markdown(f"*{caption}*\n\n{text}" if caption else text))
 
 

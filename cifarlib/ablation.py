@@ -1,0 +1,148 @@
+"""Ablation: start from a reference configuration, change one thing at a time, and rank the changes.
+
+A :class:`Change` names one change and the config values it sets (``model_kw`` entries are merged
+into the reference's model arguments, everything else replaces the reference value). The variants
+are ordinary named experiments (``cifarlib.experiments.improved`` registers them), so each one is a
+cached run record like any other; :func:`run_ablation` trains or loads them all and
+:func:`delta_table` ranks them by how much they moved validation accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from cifarlib.errors import CifarlibError
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str  # short identifier; the experiment is called "ablation_<name>"
+    description: str  # what changed, in words, for the table
+    changes: dict  # TrainConfig keys -> values; a "model_kw" dict is merged into the reference's
+
+
+def apply_change(reference: Mapping, changes: Mapping) -> dict:
+    """The reference config (a dict) with ``changes`` applied; ``model_kw`` is merged key by key."""
+    out = {**reference, **changes}
+    if "model_kw" in changes:
+        out["model_kw"] = {**reference.get("model_kw", {}), **changes["model_kw"]}
+    return out
+
+
+def flatten_config(config: Mapping) -> dict:
+    """``{"lr": .., "model_kw": {"bn": True}}`` -> ``{"lr": .., "model_kw.bn": True}``."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in flatten_config(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def config_diff(a: Mapping, b: Mapping, ignore: Sequence[str] = ("name",)) -> dict:
+    """Keys (flattened) whose values differ between two configs -> (value in a, value in b);
+    a key missing on one side shows as None there."""
+    fa, fb = flatten_config(a), flatten_config(b)
+    keys = [k for k in dict.fromkeys([*fa, *fb]) if k not in ignore]
+    return {k: (fa.get(k), fb.get(k)) for k in keys if _norm(fa.get(k)) != _norm(fb.get(k))}
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value  # JSON turns tuples into lists
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+@dataclass
+class AblationResult:
+    reference: list  # run records (or metrics dicts) of the reference, one per seed
+    variants: dict  # change name -> run record (or metrics dict)
+    changes: list = field(default_factory=list)  # the Change objects, in the order given
+
+
+def run_ablation(changes: Sequence[Change], profile: str = "full", reference: str = "ablation_reference",
+                 seed: int = 0, reference_seeds: int = 1, data_root=None, runs_dir=None, progress=None,
+                 **overrides) -> AblationResult:
+    """Train (or load) the reference with ``reference_seeds`` seeds and each change with ``seed``.
+    ``overrides`` (e.g. ``epochs=5, device="cpu"``) apply to every run alike."""
+    from cifarlib import experiments, runs
+
+    def one(name: str, s: int):
+        cfg = experiments.config(name, profile, **{**overrides, "seed": s})
+        return runs.train_or_load(cfg, data_root=data_root, runs_dir=runs_dir, progress=progress)
+
+    refs = [one(reference, seed + k) for k in range(reference_seeds)]
+    variants = {c.name: one(f"ablation_{c.name}", seed) for c in changes}
+    return AblationResult(refs, variants, list(changes))
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+def _metrics(item) -> Mapping:
+    return getattr(item, "metrics", item)
+
+
+def _acc(item, split: str) -> float:
+    value = _metrics(item).get(f"final_{split}_acc")
+    if value is None:
+        raise CifarlibError(f"run metrics lack final_{split}_acc; pass run records or metrics dicts from fit()")
+    return 100.0 * value
+
+
+def reference_accuracy(result: AblationResult) -> dict:
+    """Mean and sample std (0 for one seed) of the reference's validation and test accuracy, in %."""
+    frame = pd.DataFrame([{s: _acc(r, s) for s in ("val", "test")} for r in result.reference])
+    std = frame.std(ddof=1).fillna(0.0) if len(frame) > 1 else frame.mean() * 0
+    return {"runs": len(frame), **{f"{s}_mean": frame[s].mean() for s in frame},
+            **{f"{s}_std": std[s] for s in frame}}
+
+
+def delta_table(result: AblationResult) -> pd.DataFrame:
+    """One row per change: its validation and test accuracy (%) and the change against the reference
+    mean (percentage points), sorted by the validation change, largest gain first. Validation ranks
+    the changes; test accuracy is shown, not used for the choice."""
+    ref = reference_accuracy(result)
+    rows = []
+    for change in result.changes:
+        run = result.variants[change.name]
+        val, test = _acc(run, "val"), _acc(run, "test")
+        rows.append({"change": change.name, "what changed": change.description, "val acc (%)": val,
+                     "Δ val (pts)": val - ref["val_mean"], "test acc (%)": test,
+                     "Δ test (pts)": test - ref["test_mean"], "wall (s)": _metrics(run).get("wall_s")})
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("Δ val (pts)", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def ranked_summary(table: pd.DataFrame, noise: float) -> str:
+    """The ranking as plain lines: change, Δ val, Δ test, and whether |Δ val| exceeds ``noise`` pts."""
+    lines = []
+    for i, r in table.iterrows():
+        verdict = "within noise" if abs(r["Δ val (pts)"]) <= noise else ("helped" if r["Δ val (pts)"] > 0 else "hurt")
+        lines.append(f"{i + 1:2d}. {r['change']:<16} Δ val {r['Δ val (pts)']:+6.2f}  Δ test {r['Δ test (pts)']:+6.2f}"
+                     f"  ({verdict})")
+    return "\n".join(lines)
+
+
+def plot_deltas(table: pd.DataFrame, noise: float | None = None, title: str | None = None):
+    """Horizontal bars: change in validation and test accuracy per change (pts), best at the top;
+    a shaded band marks +-``noise`` (e.g. 2 std of the reference over seeds)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    y = np.arange(len(table))[::-1]
+    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(table) + 1.4))
+    ax.barh(y + 0.2, table["Δ val (pts)"], height=0.4, color="tab:orange", label="validation")
+    ax.barh(y - 0.2, table["Δ test (pts)"], height=0.4, color="tab:green", label="test")
+    if noise:
+        ax.axvspan(-noise, noise, color="grey", alpha=0.2, label=f"±{noise:.2f} pts (seed noise)")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, table["change"])
+    ax.set_xlabel("accuracy change vs reference (percentage points)")
+    ax.set_title(title or "Ablation: one change at a time from the Table-1 baseline")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,186 @@
+"""``python -m cifarlib bench``: training throughput of cifarlib against a reference pipeline.
+
+Both sides train the same model (same initial weights) on the same images with SGD at the same batch
+size for the same number of steps, in this process:
+
+- reference: the starter-code pipeline — a torchvision-style data set of PIL images ->
+  ``ToTensor`` -> ``Normalize`` -> ``DataLoader(num_workers=2)``, a plain fp32 loop;
+- cifarlib: ``data.Loader`` (the split lives on the device as uint8, batches are normalized there)
+  and ``train.train_step`` with the precision ``auto`` picks and channels_last, as ``fit`` trains.
+
+Images/s are measured after a few warm-up steps. A full epoch (45,000 train images, then evaluation
+of 5,000 validation and 10,000 test images) is extrapolated from the measured rates; the cifarlib
+epoch also evaluates its 5,000-image training subset, as ``fit`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from itertools import islice
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarlib import data, models, paths
+from cifarlib.models.cifar import Table1Net
+from cifarlib.runs import OneLineParser
+from cifarlib.train import TrainConfig, evaluate, make_optimizer, resolve_device, resolve_precision, train_step
+
+EPOCH = {"train": 45_000, "val": 5_000, "test": 10_000, "train_eval": 5_000}  # CIFAR-10, 10% validation
+WARMUP_STEPS = 5
+
+
+class PILImageSet(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does: HWC uint8 arrays in memory, one PIL image per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.arrays = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.arrays[i])), self.labels[i]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _endless(loader):
+    while True:
+        yield from loader
+
+
+def _time_steps(step, batches, steps: int, device) -> float:
+    """Seconds for ``steps`` calls of ``step(x, y)`` after WARMUP_STEPS untimed ones."""
+    for x, y in islice(batches, WARMUP_STEPS):
+        step(x, y)
+    _sync(device)
+    start = time.perf_counter()
+    for x, y in islice(batches, steps):
+        step(x, y)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def reference(make_model, splits: data.Splits, device, steps: int, batch_size: int, workers: int) -> dict:
+    from torchvision import transforms
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(splits.mean, splits.std)])
+    model = make_model().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def step(x, y):
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def loader(s, shuffle):
+        return torch.utils.data.DataLoader(PILImageSet(s.images, s.labels, tf), batch_size=batch_size,
+                                           shuffle=shuffle, num_workers=workers)
+
+    model.train()
+    train_s = _time_steps(step, _endless(loader(splits.train, True)), steps, device)
+    model.eval()
+    start = time.perf_counter()  # includes starting the workers, as every epoch of the starter code does
+    with torch.no_grad():
+        for x, y in loader(splits.val, False):
+            model(x.to(device)).argmax(1).eq(y.to(device)).sum().item()
+    eval_s = time.perf_counter() - start
+    return {"train_ips": steps * batch_size / train_s, "eval_ips": len(splits.val) / eval_s, "precision": "fp32"}
+
+
+def cifarlib_pipeline(make_model, splits: data.Splits, device, steps: int, batch_size: int) -> dict:
+    cfg = TrainConfig(batch_size=batch_size, precision="auto", channels_last=True)
+    precision = resolve_precision(cfg.precision, device)
+    model = make_model().to(device, memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=True)
+    train_loader = data.Loader(splits.train, batch_size, shuffle=True, seed=0, **common)
+    model.train()
+    train_s = _time_steps(lambda x, y: train_step(model, opt, scaler, x, y, cfg, precision),
+                          _endless(train_loader), steps, device)
+    val_loader = data.Loader(splits.val, cfg.eval_batch_size, **common)
+    evaluate(model, islice(val_loader, 1), device, precision=precision)  # warm-up
+    start = time.perf_counter()
+    evaluate(model, val_loader, device, precision=precision)
+    eval_s = time.perf_counter() - start
+    return {"train_ips": steps * batch_size / train_s, "eval_ips": len(splits.val) / eval_s,
+            "precision": precision}
+
+
+def epoch_seconds(result: dict, train_eval: bool) -> float:
+    evaluated = EPOCH["val"] + EPOCH["test"] + (EPOCH["train_eval"] if train_eval else 0)
+    return EPOCH["train"] / result["train_ips"] + evaluated / result["eval_ips"]
+
+
+def compare(title: str, make_model, splits, device, steps: int, batch_size: int, workers: int) -> float:
+    ref = reference(make_model, splits, device, steps, batch_size, workers)
+    lib = cifarlib_pipeline(make_model, splits, device, steps, batch_size)
+    params = models.count_params(make_model())
+    print(f"\n{title} ({params:,} params), batch {batch_size}, SGD, {steps} timed steps after {WARMUP_STEPS} warm-up")
+    print(f"  {'pipeline':<58} {'train img/s':>11} {'eval img/s':>10} {'epoch s':>8}")
+    rows = [(f"reference (PIL -> ToTensor/Normalize, {workers} workers, fp32)", ref, False),
+            (f"cifarlib (Loader on {device.type}, {lib['precision']}, channels_last)", lib, True)]
+    for label, r, train_eval in rows:
+        print(f"  {label:<58} {r['train_ips']:>11,.0f} {r['eval_ips']:>10,.0f} {epoch_seconds(r, train_eval):>8.1f}")
+    return lib["train_ips"] / ref["train_ips"]
+
+
+def bench_data(data_root, steps: int, batch_size: int) -> tuple[data.Splits, str]:
+    """The shared CIFAR-10 when a root is given (or $CIFARLIB_DATA is set), synthetic 32x32 otherwise."""
+    if data_root is not None or os.environ.get(paths.ENV_DATA):
+        ds = data.load("cifar10", root=data_root)
+        label = f"CIFAR-10 ({ds.source}, {ds.root})"
+    else:
+        n_train = max(2000, int(1.2 * (steps + WARMUP_STEPS) * batch_size))  # no epoch restart while timed
+        ds = data.synthetic(n_train=n_train, n_test=500, size=32)
+        label = f"synthetic 32x32 ({n_train:,} train images; set --data-root for CIFAR-10)"
+    return data.split(ds, val_fraction=0.1, seed=0), label
+
+
+def cli(argv: list[str]) -> int:
+    p = OneLineParser(prog="python -m cifarlib bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", help=f"CIFAR-10 root (default ${paths.ENV_DATA}; synthetic data when unset)")
+    p.add_argument("--steps", type=int, default=100, help="timed training steps per pipeline")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1 or args.workers < 0:
+        p.error("--steps and --batch-size must be >= 1 and --workers >= 0")
+    device = resolve_device(args.device)
+    splits, label = bench_data(args.data_root, args.steps, args.batch_size)
+    shape = dict(in_channels=splits.train.images.shape[1], num_classes=len(splits.classes),
+                 image_size=splits.train.images.shape[2])
+    print(f"data: {label}")
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(f"full epoch = {EPOCH['train']:,} train + {EPOCH['val']:,} val + {EPOCH['test']:,} test images "
+          f"(cifarlib also evaluates its {EPOCH['train_eval']:,}-image train subset, as fit does)")
+
+    def table1() -> nn.Module:
+        torch.manual_seed(0)
+        return Table1Net(**shape)
+
+    def wide() -> nn.Module:
+        torch.manual_seed(0)
+        return Table1Net(**shape, widths=(128, 256, 512))
+
+    speedup = compare("Table-1 CNN", table1, splits, device, args.steps, args.batch_size, args.workers)
+    if device.type == "cuda":
+        wide_speedup = compare("Table-1 CNN, widths x4", wide, splits, device, args.steps, args.batch_size,
+                               args.workers)
+        print(f"wide-model speedup: {wide_speedup:.2f}x")
+    print(f"speedup: {speedup:.2f}x")
+    return 0

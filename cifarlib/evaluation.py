@@ -1,0 +1,135 @@
+"""Looking inside a trained model: predictions for a whole split, the confusion matrix, per-class
+accuracy, the misclassified images, and the cost of a forward pass (multiply-accumulates).
+
+``predict_run(record)`` rebuilds the test split a run was evaluated on and predicts every image, so
+its accuracy must equal the run record's ``final_test_acc`` (a check the notebook prints).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from cifarlib.data import ImageSet, Loader
+from cifarlib.errors import CifarlibError
+
+
+@dataclass
+class Predictions:
+    images: torch.Tensor  # uint8 (N, C, H, W), as stored (not normalized)
+    labels: torch.Tensor  # int64 (N,) true classes
+    preds: torch.Tensor  # int64 (N,) predicted classes
+    probs: torch.Tensor  # float (N, K) softmax probabilities
+    classes: list
+
+    @property
+    def accuracy(self) -> float:
+        return (self.preds == self.labels).float().mean().item() if len(self.labels) else float("nan")
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: ImageSet, mean, std, device="cpu", batch_size: int = 500,
+            tta_flip: bool = False, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """(preds, probs) for every image of ``images``, in order, on the CPU. The model runs in eval mode
+    (its mode is restored); ``tta_flip`` averages the logits of each image and its mirror, as fit does."""
+    from cifarlib.train import autocast
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    logits = []
+    with autocast(device, precision):
+        for x, _ in Loader(images, batch_size, mean=mean, std=std, device=device):
+            out = model(x).float()
+            logits.append(((out + model(x.flip(-1)).float()) / 2 if tta_flip else out).cpu())
+    model.train(was_training)
+    logits = torch.cat(logits) if logits else torch.zeros(0, 0)
+    return logits.argmax(dim=1), logits.softmax(dim=1)
+
+
+def predict_run(record, data=None, data_root=None, split: str = "test", device="cpu",
+                precision: str | None = None) -> Predictions:
+    """Predictions of a run record's saved model on its ``split`` ("test", "val" or "train"), rebuilt
+    from the record's config exactly as training selected it. ``precision``: default the run's own."""
+    from cifarlib.runs import prepare_splits
+
+    if split not in ("train", "val", "test"):
+        raise CifarlibError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    cfg = record.config
+    splits = prepare_splits(cfg, data, data_root)
+    images = getattr(splits, split)
+    precision = precision or record.metrics.get("precision", "fp32")
+    preds, probs = predict(record.load_model(), images, splits.mean, splits.std, device=device,
+                           batch_size=cfg.eval_batch_size, tta_flip=cfg.tta_flip, precision=precision)
+    return Predictions(images.images, images.labels, preds, probs, list(splits.classes))
+
+
+def confusion_matrix(labels, preds, num_classes: int) -> torch.Tensor:
+    """int64 (K, K): row = true class, column = predicted class, cell = number of images."""
+    labels, preds = torch.as_tensor(labels).long(), torch.as_tensor(preds).long()
+    if labels.shape != preds.shape:
+        raise CifarlibError(f"labels and preds differ in shape ({tuple(labels.shape)} vs {tuple(preds.shape)})")
+    flat = torch.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def per_class_table(matrix, classes) -> pd.DataFrame:
+    """One row per class: test images, accuracy (%), and the class it is most often mistaken for."""
+    m = torch.as_tensor(matrix).long()
+    rows = []
+    for k, name in enumerate(classes):
+        total, wrong = int(m[k].sum()), m[k].clone()
+        wrong[k] = -1
+        j = int(wrong.argmax())
+        rows.append({"class": name, "images": total, "accuracy (%)": 100.0 * int(m[k, k]) / max(total, 1),
+                     "most confused with": f"{classes[j]} ({int(m[k, j])})" if int(m[k, j]) > 0 else "-"})
+    return pd.DataFrame(rows)
+
+
+def misclassified(p: Predictions, k: int = 16) -> torch.Tensor:
+    """Indices of up to ``k`` wrongly classified images, the most confidently wrong first."""
+    wrong = torch.nonzero(p.preds != p.labels).flatten()
+    confidence = p.probs[wrong, p.preds[wrong]]
+    return wrong[torch.argsort(confidence, descending=True, stable=True)][:k]
+
+
+def gallery_titles(p: Predictions, indices) -> list[str]:
+    """``"pred: cat 97%\\ntrue: dog"`` per image."""
+    return [f"pred: {p.classes[int(p.preds[i])]} {100 * float(p.probs[i, p.preds[i]]):.0f}%\n"
+            f"true: {p.classes[int(p.labels[i])]}" for i in indices]
+
+
+def plot_misclassified(p: Predictions, k: int = 16, ncols: int = 8, title: str | None = None):
+    """A grid of the ``k`` most confidently misclassified images, titled with predicted and true class."""
+    from cifarlib.plots import plot_image_grid
+
+    idx = misclassified(p, k)
+    title = title or f"The {len(idx)} most confidently misclassified test images (of {int((p.preds != p.labels).sum())})"
+    return plot_image_grid(p.images[idx], gallery_titles(p, idx), ncols=ncols, title=title, size=1.5)
+
+
+def forward_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
+    """Multiply-accumulates of one forward pass per image in conv and dense layers (the bulk of the
+    cost; BN, activations and pooling are ignored). Counted from the actual output shapes."""
+    total = 0
+
+    def hook(m, _inputs, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(training)
+    return total // input_size[0]

@@ -1,0 +1,79 @@
+"""Report part 4 (assignment Task 3): ResNet18 transfer learning on CIFAR-10.
+
+``transfer_resnet18`` follows the assignment's hint: Adam, learning rate 5e-4, batch 32, at most 5
+epochs (early stopping on the validation loss, patience 2, best weights restored), ImageNet weights,
+inputs upsampled 8x to 256 x 256. The quick profile is a smoke run of the same code path: random
+weights (NOT PRETRAINED), 20 training / 10 test images per class, 64 x 64 inputs, one epoch.
+"""
+
+from __future__ import annotations
+
+from cifarlib.experiments import config, register
+
+NAME = "transfer_resnet18"
+PART3_BEST = "improved_b"  # the experiment name of part 3's best model, compared with in 3(d)
+
+FULL = dict(
+    model="resnet18_transfer",
+    model_kw=dict(pretrained=True, resolution=256),  # ImageNet weights; 32 -> 256 pixels per side (x8)
+    optimizer="adam",
+    lr=5e-4,  # Adam step size (per optimizer step, batch 32)
+    batch_size=32,  # images per step
+    epochs=5,  # upper bound; early stopping usually ends it sooner
+    early_stop_patience=2,  # epochs without a lower validation loss before stopping
+    restore_best=True,  # end with the weights of the lowest validation loss
+    crop_pad=4,  # random 32x32 crop of the 4-pixel padded image, before upsampling
+    flip=True,  # random horizontal flip
+    eval_batch_size=100,  # images per evaluation batch: 100 x 64 x 128 x 128 conv1 outputs fit a laptop
+)
+
+QUICK = dict(
+    model_kw=dict(pretrained=False, resolution=64),  # random weights; 64x64 inputs: 16x fewer pixels than 256x256
+    train_per_class=20,  # 200 training images (180 after the validation split)
+    test_per_class=10,  # 100 test images
+    epochs=1,
+)
+
+register(NAME, "ResNet18 (ImageNet weights), layer4 + new fc fine-tuned, Adam 5e-4, batch 32, <= 5 epochs",
+         part="transfer", quick=QUICK, **FULL)
+
+# The hyperparameters a reader needs to replicate the run (assignment 3(a)), in table order.
+TABLE_KEYS = ["model", "model_kw", "optimizer", "lr", "batch_size", "epochs", "early_stop_patience",
+              "restore_best", "crop_pad", "flip", "val_fraction", "weight_decay", "precision", "seed"]
+
+
+def notebook_config(profile: str = "full", pretrained: bool | None = None, weights_path: str | None = None,
+                    resolution: int | None = None, **overrides):
+    """The config of ``transfer_resnet18`` for ``profile``, with the notebook's knobs on top.
+    ``None`` keeps the profile's value; a ``weights_path`` implies ``pretrained=True`` unless told otherwise."""
+    if weights_path is not None and pretrained is None:
+        pretrained = True
+    knobs = dict(pretrained=pretrained, weights_path=weights_path, resolution=resolution)
+    model_kw = {**config(NAME, profile=profile).model_kw, **{k: v for k, v in knobs.items() if v is not None}}
+    return config(NAME, profile=profile, model_kw=model_kw, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_trained(record, device="cpu"):
+    """The trained model of a run record. Built without ImageNet weights (the saved file holds all
+    weights, and its ``imagenet_weights`` flag says whether the run started from them), so that
+    re-reading a finished run needs neither the internet nor the weights file."""
+    from cifarlib.models import build_model
+
+    kw = {**record.metrics.get("model_build_kw", record.config.model_kw), "pretrained": False, "weights_path": None}
+    return record.load_model(model=build_model(record.config.model, **kw), device=device)
+
+
+def part3_run(runs_dir=None):
+    """The newest finished run of part 3's best model, or None when notebook 03 has not been run."""
+    from cifarlib.runs import find_runs
+
+    found = find_runs(name=PART3_BEST, runs_dir=runs_dir)
+    return found[0] if found else None
+
+
+def weights_banner(model) -> str:
+    """One line for the notebook to print: where the model's starting weights came from."""
+    if model.pretrained:
+        return "Weights: ImageNet-pretrained ResNet18; layer4 and the new fc were fine-tuned on CIFAR-10."
+    return ("!!! NOT PRETRAINED: this run started from random weights (quick profile or pretrained=False). "
+            "Its curves and figures show an untrained feature extractor, not ImageNet features. !!!")

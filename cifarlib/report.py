@@ -1,0 +1,738 @@
+"""``python -m cifarlib report``: run the notebooks, merge them into one report, export PDF and HTML.
+
+    notebooks/NN_*.ipynb --papermill--> report/build/NN_*.ipynb --merge--> report/build/report.ipynb
+                         --nbconvert--> report/report.pdf (LaTeX route, xelatex) + report/report.html
+
+The notebooks are discovered (``notebooks/[0-9][0-9]_*.ipynb``), never listed here. Each gets the
+shared parameters its ``parameters`` cell defines (profile, data roots, device, seed, runs/figures
+folders) plus per-notebook overrides (``--param 03_improved:seeds=3`` or a YAML ``--params-file``).
+The report hides code, numbers the parts, starts each on a new page, captions figures and ends with
+a provenance table built from the run records. Heavy imports (papermill, nbconvert, torch) happen
+inside the functions that need them, so ``import cifarlib.report`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import copy
+import datetime
+import html
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import yaml
+
+from cifarlib import atomic, paths
+from cifarlib.errors import CifarlibError
+
+NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+KERNEL_ENV = {paths.ENV_PROGRESS: "0", "TQDM_DISABLE": "1"}  # no progress bars in the PDF
+KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]  # kernel console noise (start-up, shutdown); cell errors still surface
+KERNEL = "python3"
+ENV_RUN_LOG = "CIFARLIB_RUN_LOG"  # cifarlib.runs may append each run folder a kernel trains or loads here
+RUN_LOG = "runs-used.txt"  # in <out>/build/: the provenance section lists these runs
+TITLE = "CNN experiments on CIFAR-10 and MNIST"
+TEX_INSTALL = "apt-get install texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+LATEX_PASSES = 2  # the second pass fills the table of contents; body pages are numbered after it
+DROP_TAGS = {"parameters", "injected-parameters", "papermill-error-cell-tag", "remove-cell"}
+IMAGE_TYPES = ("application/pdf", "image/png", "image/jpeg", "image/svg+xml")
+# What a plotting call returns, echoed by Jupyter: `<Figure size ...>`, `[<Line2D ...>]`, `Text(0.5, 1.0, 'x')`
+OBJECT_REPR = re.compile(r"^\[?(<[\w.]+[ >].*>|Text\(.*\))\]?$", re.S)
+
+
+@dataclass
+class Part:
+    """One report part: a source notebook, what it was run with, and how it went."""
+
+    source: Path
+    params: dict = field(default_factory=dict)
+    executed: Path | None = None  # the executed copy in <out>/build/
+    seconds: float = 0.0
+    error: str | None = None  # one line: the failing cell and the error
+
+    @property
+    def name(self) -> str:
+        return self.source.stem
+
+
+# ---- finding and selecting notebooks --------------------------------------------------------------
+
+def default_notebooks_dir() -> Path:
+    return (paths.project_root() or Path.cwd()) / "notebooks"
+
+
+def discover(nb_dir: Path) -> list[Path]:
+    found = sorted(Path(nb_dir).glob(NOTEBOOK_GLOB))
+    if not found:
+        raise CifarlibError(f"no notebooks named NN_<name>.ipynb in {nb_dir}; point --notebooks at the folder")
+    return found
+
+
+def planned_parts(nb_dir: Path) -> list[str]:
+    """Part names the notebooks README lists (its table names `NN_name.ipynb`), in order."""
+    readme = Path(nb_dir) / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    return list(dict.fromkeys(re.findall(r"`(\d\d_\w+)\.ipynb`", text)))
+
+
+def match(notebooks: list[Path], key: str, where: str) -> Path:
+    """The notebook ``key`` names: its stem (``03_improved``) or its number (``03``)."""
+    hits = [p for p in notebooks if key in (p.stem, p.stem.split("_", 1)[0])]
+    if len(hits) != 1:
+        names = ", ".join(p.stem for p in notebooks)
+        raise CifarlibError(f"unknown notebook {key!r} in {where}; choose from: {names}")
+    return hits[0]
+
+
+def select(notebooks: list[Path], only: str | None) -> list[Path]:
+    if not only:
+        return notebooks
+    chosen = {match(notebooks, key.strip(), "--only") for key in only.split(",") if key.strip()}
+    return [p for p in notebooks if p in chosen]
+
+
+# ---- parameters -----------------------------------------------------------------------------------
+
+def declared_parameters(path: Path) -> set[str]:
+    """Names the notebook's one ``parameters`` cell assigns (papermill's own inspection)."""
+    import nbformat
+    import papermill
+
+    tagged = [c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    if len(tagged) != 1:
+        raise CifarlibError(f"{path.name} has {len(tagged)} cells tagged 'parameters'; tag exactly one "
+                            f"(see notebooks/README.md)")
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def parse_param(text: str) -> tuple[str, str, object]:
+    """``[NOTEBOOK:]NAME=VALUE`` -> (scope, name, value); the value is a Python literal when it reads as
+    one (3, 1e-3, True, None, [1, 2], 'x'), true/false/null as in YAML, else the plain string."""
+    key, sep, raw = text.partition("=")
+    scope, _, name = key.rpartition(":")
+    if not sep or not name.isidentifier():
+        raise CifarlibError(f"bad --param {text!r}; write NAME=VALUE or NOTEBOOK:NAME=VALUE, e.g. 03_improved:seeds=3")
+    return scope or "all", name, literal(raw)
+
+
+def literal(raw: str):
+    words = {"true": True, "false": False, "null": None, "none": None}
+    try:
+        return ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return words.get(raw.strip().lower(), raw)
+
+
+def _yaml_number(value):
+    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; a notebook wants the float."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
+
+
+def read_params_file(path: str | None) -> list[tuple[str, str, object]]:
+    """``{all: {NAME: VALUE}, 03_improved: {NAME: VALUE}}`` -> [(scope, name, value), ...]."""
+    if not path:
+        return []
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise CifarlibError(f"cannot read --params-file {path} ({err.strerror}); check the path") from None
+    except yaml.YAMLError as err:
+        raise CifarlibError(f"--params-file {path} is not valid YAML ({str(err).splitlines()[0]}); fix it") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise CifarlibError(f"--params-file {path} must map 'all' or a notebook to NAME: VALUE pairs, "
+                            f"e.g. {{all: {{seed: 1}}, 03_improved: {{seeds: 3}}}}")
+    return [(str(scope), str(name), _yaml_number(value)) for scope, values in data.items() for name, value in values.items()]
+
+
+def shared_parameters(args: argparse.Namespace) -> dict:
+    """The shared values every notebook gets when its parameters cell defines them."""
+    shared = {"profile": args.profile, "device": args.device,
+              "runs_dir": str(paths.runs_dir().resolve()), "figures_dir": str(paths.figures_dir().resolve())}
+    if args.data_root:
+        shared["data_root"] = str(Path(args.data_root).expanduser().resolve())
+    if args.mnist_root:
+        shared["mnist_root"] = str(Path(args.mnist_root).expanduser().resolve())
+    return shared
+
+
+def plan_parameters(selected: list[Path], notebooks: list[Path], shared: dict, overrides) -> dict[Path, dict]:
+    """Parameters per selected notebook: the shared ones it defines, then the overrides in order.
+    An override naming a parameter no targeted notebook defines is an error."""
+    declared = {p: declared_parameters(p) for p in selected}
+    plan = {p: {k: v for k, v in shared.items() if k in declared[p]} for p in selected}
+    for scope, name, value in overrides:
+        targets = selected if scope == "all" else [match(notebooks, scope, "--param")]
+        targets = [p for p in targets if p in declared]  # a notebook not selected: nothing to pass
+        hits = [p for p in targets if name in declared[p]]
+        if targets and not hits:
+            raise CifarlibError(_unknown_parameter(name, targets, declared))
+        for p in hits:
+            plan[p][name] = value
+    return plan
+
+
+def _unknown_parameter(name: str, targets: list[Path], declared: dict) -> str:
+    if len(targets) == 1:
+        known = ", ".join(sorted(declared[targets[0]]))
+        return f"notebook {targets[0].stem} has no parameter {name!r}; its parameters are: {known}"
+    return f"no selected notebook has a parameter {name!r}; check the name (see each notebook's parameters cell)"
+
+
+# ---- running the notebooks ------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def kernel_env(extra: dict):
+    """Environment variables the kernels inherit, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def execute(part: Part, build: Path) -> None:
+    """Run one notebook with papermill into ``build/``; a failure is recorded on ``part``, not raised.
+    The executed copy (with its error, if any) replaces the old one in a single rename."""
+    import papermill
+
+    out = build / part.source.name
+    tmp = build / f".{part.source.stem}.partial.ipynb"
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(str(part.source), str(tmp), parameters=part.params, kernel_name=KERNEL,
+                                   cwd=str(part.source.parent), progress_bar=False, log_output=False,
+                                   extra_arguments=KERNEL_ARGS)
+    except papermill.PapermillExecutionError as err:
+        part.error = describe_failure(err, part)
+    except Exception as err:  # the kernel died or could not start: still a failed part, not a crash
+        part.error = f"{type(err).__name__}: {_first_line(str(err))}"
+    finally:
+        part.seconds = time.perf_counter() - start
+        if tmp.exists():
+            os.replace(tmp, out)
+            part.executed = out
+
+
+def describe_failure(err, part: Part) -> str:
+    """``cell 7 ("x = model(batch)") raised ValueError: ...``, with the cell index in the source notebook
+    (papermill counts its injected-parameters cell, which sits right after the parameters cell)."""
+    import nbformat
+
+    cells = nbformat.read(part.source, as_version=4).cells
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    injected_at = tagged[0] + 1 if tagged and part.params else None
+    index = err.cell_index - 1 if injected_at is not None and err.cell_index > injected_at else err.cell_index
+    line = _first_line(err.source)
+    return f"cell {index} ({line!r}) raised {err.ename}: {_first_line(err.evalue)}"
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def run_notebooks(parts: list[Part], build: Path, keep_going: bool) -> None:
+    """Run the parts in order, printing each one's wall time; stop at the first failure unless
+    ``keep_going``."""
+    width = max(len(p.name) for p in parts)
+    (build / RUN_LOG).unlink(missing_ok=True)
+    preload()
+    with kernel_env({**KERNEL_ENV, ENV_RUN_LOG: str((build / RUN_LOG).resolve())}):
+        for part in parts:
+            print(f"  {part.name:<{width}}  ", end="", flush=True)
+            execute(part, build)
+            status = "ok" if part.error is None else f"FAILED: {part.error}"
+            print(f"{part.seconds:7.1f} s  {status}", flush=True)
+            if part.error and not keep_going:
+                return
+
+
+def preload() -> None:
+    """Import what the title page and the provenance need (torch, cifarlib.runs: seconds) in the
+    background while the kernels run; the report process mostly waits on them meanwhile."""
+    def work():
+        with contextlib.suppress(Exception):
+            import cifarlib.runs  # noqa: F401
+
+    threading.Thread(target=work, name="cifarlib-preload", daemon=True).start()
+
+
+# ---- the report notebook --------------------------------------------------------------------------
+
+def git_state(where: Path) -> str:
+    def git(*args):
+        try:
+            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if commit is None:
+        return "not a git checkout (or no commit yet)"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit} (with uncommitted changes)" if dirty else commit
+
+
+def device_description(requested: str) -> str:
+    """What ``requested`` resolves to here, e.g. ``cpu (requested: auto)``."""
+    try:
+        import torch
+    except ImportError:
+        return f"{requested} (torch not importable)"
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)}; requested: auto)"
+    mps = getattr(torch.backends, "mps", None)
+    return f"{'mps' if mps is not None and mps.is_available() else 'cpu'} (requested: auto)"
+
+
+def build_info(args: argparse.Namespace, argv: list[str]) -> dict:
+    try:
+        from importlib.metadata import version
+
+        torch_version = version("torch")
+    except Exception:  # torch missing: the report still says so
+        torch_version = "not installed"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return {"title": TITLE, "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": git_state(Path(args.notebooks)), "device": device_description(args.device),
+            "profile": args.profile, "torch": torch_version,
+            "command": " ".join(["python -m cifarlib report", *argv])}
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    """A pipe table (pandoc and Jupyter both render it); ``|`` in cells is escaped. The dashes under
+    each header follow the column's longest cell: pandoc sizes wrapped columns in that proportion."""
+    def cell(v):
+        return str(v).replace("|", r"\|").replace("\n", " ")
+
+    body = [[cell(v) for v in row] for row in rows]
+    widths = [min(40, max([3, len(cell(h))] + [len(r[i]) for r in body])) for i, h in enumerate(header)]
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "|".join("-" * w for w in widths) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def raw(source: str, mimetype: str):
+    """A raw cell only one output format includes (``text/latex`` or ``text/html``)."""
+    import nbformat
+
+    return nbformat.v4.new_raw_cell(source, metadata={"raw_mimetype": mimetype})
+
+
+def page_break() -> list:
+    return [raw(r"\clearpage", "text/latex"), raw('<div class="cifarlib-newpage"></div>', "text/html")]
+
+
+def title_cells(info: dict, parts: list[Part]) -> list:
+    import nbformat
+
+    rows = [["command", f"`{info['command']}`"], ["git commit", info["commit"]],
+            ["device", info["device"]], ["profile", info["profile"]], ["torch", info["torch"]],
+            ["parts", ", ".join(f"{p.name} ({p.seconds:.0f} s)" for p in parts)]]
+    failed = [p.name for p in parts if p.error]
+    if failed:
+        rows.append(["**failed parts**", "**" + ", ".join(failed) + "**"])
+    title = (f'<h1 class="cifarlib-title">{html.escape(info["title"])}</h1>'
+             f'<p class="cifarlib-date">{html.escape(info["date"])}</p>')
+    return [raw(title, "text/html"), nbformat.v4.new_markdown_cell(md_table(["", ""], rows)),
+            raw("\\clearpage\n\\tableofcontents\n\\clearpage\n\\pagenumbering{arabic}", "text/latex")]
+
+
+def toc_cell(cells: list):
+    """The HTML table of contents: links to the level-1 and level-2 headings (LaTeX makes its own)."""
+    items = []
+    for cell in cells:
+        if cell.cell_type != "markdown":
+            continue
+        for level, text in re.findall(r"^(#{1,2}) +(.+?) *#*$", cell.source, re.M):
+            anchor = quote(_plain(text).replace(" ", "-"), safe="?/:@!$&'()*+,;=")
+            items.append(f'<li class="toc-{len(level)}"><a href="#{anchor}">{html.escape(_plain(text))}</a></li>')
+    return raw('<nav class="cifarlib-toc"><h2>Contents</h2><ul>' + "".join(items) + "</ul></nav>", "text/html")
+
+
+def _plain(markdown: str) -> str:
+    """Heading text as nbconvert's HTML anchor sees it (emphasis and code marks removed)."""
+    return re.sub(r"[*_`]", "", markdown).strip()
+
+
+def part_cells(part: Part, number: int) -> list:
+    """The part's cells for the report: numbered heading, failure box if it failed, its prose and
+    outputs (no code, no parameters, no stderr), captioned figures."""
+    import nbformat
+
+    nb = nbformat.read(part.executed or part.source, as_version=4)
+    cells = [copy.deepcopy(c) for c in nb.cells if not DROP_TAGS & set(c.metadata.get("tags", []))]
+    if part.error:
+        cells = _until_error(cells) if part.executed else cells[:1]
+    cells = [c for c in (_clean(c) for c in cells) if c is not None]
+    _number_heading(cells, number, part.name)
+    if part.error:
+        cells[1:1] = failure_box(part)
+    return cells
+
+
+def _until_error(cells: list) -> list:
+    for i, cell in enumerate(cells):
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            return cells[:i]
+    return cells
+
+
+def _clean(cell):
+    """A code cell keeps only what a reader wants (None when nothing is left); other cells as they are."""
+    if cell.cell_type != "code":
+        return cell
+    plotting = any(_is_figure(o) for o in cell.outputs)
+    cell.outputs = [o for o in cell.outputs if _keep_output(o, plotting)]
+    return cell if cell.outputs else None
+
+
+def _is_figure(output) -> bool:
+    return any(t in output.get("data", {}) for t in IMAGE_TYPES)
+
+
+def _keep_output(output, plotting: bool) -> bool:
+    """Not stderr (warnings, progress), errors (the failure box says it), widgets (frozen progress bars),
+    echoed plot objects, nor a plotting cell's last-expression echo."""
+    kind = output.get("output_type")
+    if kind == "stream":
+        return output.get("name") == "stdout" and output.get("text", "").strip() != ""
+    if kind == "error":
+        return False
+    data = output.get("data", {})
+    if "application/vnd.jupyter.widget-view+json" in data:
+        return False
+    if set(data) <= {"text/plain"}:
+        echo = kind == "execute_result" and plotting
+        return not (echo or OBJECT_REPR.match(data.get("text/plain", "").strip()))
+    return True
+
+
+def _number_heading(cells: list, number: int, name: str) -> None:
+    """``# Title`` of the part's first cell becomes ``# <number> Title`` (a missing one is made)."""
+    import nbformat
+
+    first = cells[0] if cells and cells[0].cell_type == "markdown" else None
+    if first is None or not first.source.startswith("# "):
+        first = nbformat.v4.new_markdown_cell(f"# {name}")
+        cells.insert(0, first)
+    heading, _, rest = first.source.partition("\n")
+    first.source = f"# {number} {_title(heading)}\n{rest}"
+
+
+def _title(heading: str) -> str:
+    """``# 2. Baseline`` -> ``Baseline``: the report numbers the parts itself."""
+    return re.sub(r"^\d+[.:)]?\s+", "", heading.lstrip("#").strip())
+
+
+def part_title(path: Path) -> str:
+    """The title a notebook's part gets in the report (without its number)."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    first = cells[0].source if cells and cells[0].cell_type == "markdown" else ""
+    return _title(first.partition("\n")[0]) if first.startswith("# ") else Path(path).stem
+
+
+def failure_box(part: Part) -> list:
+    """A box in both formats saying that the part failed, where and why."""
+    from nbconvert.filters import escape_latex
+
+    where = f"report/build/{part.source.name}" if part.executed else "no executed copy was written"
+    text = f"This part failed to build: {part.error}. The output up to the failure follows ({where})."
+    latex = ("\\begin{center}\\fcolorbox{red}{red!6}{\\parbox{0.92\\linewidth}{\\textbf{Part failed.} "
+             + escape_latex(text) + "}}\\end{center}")
+    box = f'<div class="cifarlib-failed"><strong>Part failed.</strong> {html.escape(text)}</div>'
+    return [raw(latex, "text/latex"), raw(box, "text/html")]
+
+
+def caption_figures(cells: list) -> None:
+    """Give every figure output a caption and a number: the cell's ``caption`` metadata (a string,
+    or a list with one per figure) when set, else the heading it appears under."""
+    heading, number = "", 0
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            found = re.findall(r"^#{1,6} +(.+?) *#*$", cell.source, re.M)
+            heading = found[-1] if found else heading
+            continue
+        figures = [o for o in cell.get("outputs", []) if _is_figure(o)]
+        given = cell.metadata.get("caption")
+        for k, output in enumerate(figures):
+            number += 1
+            text = given[k] if isinstance(given, list) and k < len(given) else given
+            output.metadata["caption"] = text if isinstance(text, str) else heading
+            output.metadata["figure_number"] = number
+
+
+# ---- provenance -----------------------------------------------------------------------------------
+
+def used_runs(runs_dir: Path, log: Path) -> tuple[list, str]:
+    """The run records this build used, and a phrase saying where they come from: the run folders the kernels logged
+    to ``log`` (when cifarlib.runs logs them), else every finished record in ``runs_dir``."""
+    try:
+        from cifarlib import runs
+    except ImportError:
+        return [], "available (cifarlib.runs is missing)"
+    logged = [d for d in dict.fromkeys(log.read_text(encoding="utf-8").split("\n")) if d] if log.is_file() else []
+    try:
+        if logged:
+            return [runs.load_run(d) for d in logged if runs.is_finished(d)], "logged by this build's notebooks"
+        return list(runs.find_runs(runs_dir=runs_dir)), f"found in `{runs_dir}`"
+    except Exception as err:  # an unreadable record must not sink the report
+        print(f"warning: could not read the run records: {_first_line(str(err))}", file=sys.stderr)
+        return [], f"could be read ({_first_line(str(err))})"
+
+
+def _as_dict(obj) -> dict:
+    if isinstance(obj, dict):
+        return obj
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return dict(vars(obj)) if hasattr(obj, "__dict__") else {}
+
+
+def run_row(rec) -> list:
+    config, env, metrics = _as_dict(rec.config), _as_dict(rec.env), _as_dict(rec.metrics)
+    name, _, digest = Path(rec.dir).name.rpartition("-")
+    commit = (env.get("git_commit") or "?")[:10] + (" (dirty)" if env.get("git_dirty") else "")
+    wall = env.get("wall_s", metrics.get("wall_s"))
+    return [f"`{name or config.get('name', '?')}`", f"`{digest}`", config.get("seed", "?"), commit,
+            env.get("torch", "?"), env.get("device", metrics.get("device", "?")),
+            f"{float(wall):.1f} s" if isinstance(wall, (int, float)) else "?"]
+
+
+def provenance_cells(parts: list[Part], runs: list, source: str, number: int) -> list:
+    import nbformat
+
+    part_rows = [[p.name, ", ".join(f"{k}={v}" for k, v in sorted(p.params.items())
+                                    if k not in ("runs_dir", "figures_dir")) or "(defaults)",
+                  f"{p.seconds:.1f} s", "failed" if p.error else "ok"] for p in parts]
+    text = [f"# {number} Provenance",
+            "Every part was executed by papermill with these parameters (plus `runs_dir` and `figures_dir`):",
+            md_table(["part", "parameters", "wall time", "status"], part_rows)]
+    if runs:
+        text += [f"Run records {source} (config hash: the suffix of the run's folder; wall time: "
+                 "the training time when the run was made).",
+                 md_table(["run", "config hash", "seed", "git commit", "torch", "device", "wall time"],
+                          [run_row(r) for r in runs])]
+    else:
+        text.append(f"No run records {source}.")
+    return page_break() + [nbformat.v4.new_markdown_cell("\n\n".join(text))]
+
+
+def assemble(parts: list[Part], info: dict, runs: list, source: str):
+    """One notebook: title page, contents, the parts (each on a new page), provenance; fresh cell ids."""
+    import nbformat
+
+    body = []
+    for number, part in enumerate(parts, 1):
+        body += page_break() + part_cells(part, number)
+    body += provenance_cells(parts, runs, source, len(parts) + 1)
+    caption_figures(body)
+    nb = nbformat.v4.new_notebook(metadata={"title": info["title"], "date": info["date"], "cifarlib": info})
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    nb.cells = title_cells(info, parts) + [toc_cell(body)] + body
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:04d}"  # merged cells would otherwise share ids
+    return nb
+
+
+# ---- export ---------------------------------------------------------------------------------------
+
+LONGTABLE = re.compile(r"\\begin\{longtable\}\[\]\{(?P<spec>.*?)\}\n(?P<body>.*?)\\end\{longtable\}", re.S)
+BOXED_ROWS = 40  # a table this short fits on a page, so it can be one box scaled to the text width
+LINE_CHARS = 95  # characters of small-size text across the text width, roughly
+WRAP_CHARS = 24  # in a table too wide for the page, text columns with longer cells wrap
+TABLE_MARKERS = ("\\endhead", "\\endfirsthead", "\\endfoot", "\\endlastfoot", "\\caption")
+
+
+def fit_tables(latex: str) -> str:
+    """Pandoc's natural-width longtables made to fit the text width: a table too wide wraps its long
+    text columns (tabularx), or else is scaled down (a wide table otherwise runs off the page, or with
+    pandoc's wrapped columns overprints itself). Tables pandoc already wraps (``p{}`` columns) or
+    too long for one page stay longtables."""
+    return LONGTABLE.sub(_boxed_table, latex)
+
+
+def _boxed_table(found: re.Match) -> str:
+    spec, lines = found["spec"], found["body"].splitlines()
+    if "p{" in found.group(0).split("\\toprule", 1)[0] or len(lines) > BOXED_ROWS:
+        return found.group(0)
+    if "\\endfirsthead" in lines:  # the head repeated on continuation pages: one box has none
+        lines = lines[: lines.index("\\endfirsthead")] + lines[lines.index("\\endhead"):]
+    foot = []
+    if "\\endlastfoot" in lines:  # pandoc 3 declares the foot before the body
+        head_end, foot_end = lines.index("\\endhead"), lines.index("\\endlastfoot")
+        foot, lines = lines[head_end + 1:foot_end], lines[: head_end + 1] + lines[foot_end + 1:]
+    caption = [ln.replace("\\tabularnewline", "").replace("\\caption", "\\captionof{table}", 1)
+               for ln in lines if ln.startswith("\\caption")]
+    rows = [ln for ln in lines if not ln.startswith(TABLE_MARKERS)] + foot
+    wrapped = _wrapped_spec(spec, rows)
+    if wrapped:
+        table = [f"\\begin{{tabularx}}{{\\linewidth}}{{{wrapped}}}", *rows, "\\end{tabularx}"]
+    else:
+        table = ["\\begin{adjustbox}{max width=\\linewidth}", f"\\begin{{tabular}}{{{spec}}}", *rows,
+                 "\\end{tabular}", "\\end{adjustbox}"]
+    return "\n".join(["\\begin{center}\\small", *caption, *table, "\\end{center}"])
+
+
+def _wrapped_spec(spec: str, rows: list[str]) -> str | None:
+    """For a table too wide for the page: its spec with the long text columns as wrapping tabularx
+    columns; None when it fits, or has no such column (then it is scaled down instead)."""
+    letters = re.fullmatch(r"@\{\}([lcr]+)@\{\}", spec)
+    widths = _column_chars(rows)
+    if not letters or len(widths) != len(letters[1]) or sum(widths) + 2 * len(widths) <= LINE_CHARS:
+        return None
+    wrap = [a == "l" and w > WRAP_CHARS for a, w in zip(letters[1], widths)]
+    fixed = sum(w + 2 for w, x in zip(widths, wrap) if not x)
+    if not any(wrap) or fixed > LINE_CHARS - WRAP_CHARS:  # no room left for the wrapped ones: scale
+        return None
+    return "@{}" + "".join(">{\\raggedright\\arraybackslash}X" if x else a for a, x in zip(letters[1], wrap)) + "@{}"
+
+
+def _column_chars(rows: list[str]) -> list[int]:
+    """The longest cell of each column, in characters of text (LaTeX commands not counted)."""
+    cells = [ln.rstrip("\\ ").split(" & ") for ln in rows if ln.rstrip().endswith("\\\\")]
+    if not cells:
+        return []
+    size = [[len(re.sub(r"\\[a-zA-Z]+|[{}\\]", "", c).strip()) for c in row] for row in cells]
+    return [max(row[i] for row in size if i < len(row)) for i in range(max(map(len, size)))]
+
+
+def _exporter(kind: str):
+    from nbconvert import HTMLExporter, PDFExporter
+
+    cls, template = (PDFExporter, "cifarlib_latex") if kind == "pdf" else (HTMLExporter, "cifarlib_html")
+    exporter = cls(template_name=template, extra_template_basedirs=[str(TEMPLATES)],
+                   filters={"fit_tables": fit_tables})
+    exporter.raw_mimetypes = ["text/latex"] if kind == "pdf" else ["text/html"]  # each gets its raw cells
+    exporter.exclude_input = exporter.exclude_input_prompt = exporter.exclude_output_prompt = True
+    return exporter
+
+
+def export_html(nb, target: Path, nb_dir: Path) -> None:
+    exporter = _exporter("html")
+    exporter.embed_images = True  # a single self-contained file
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(nb_dir), "name": "report"}})
+    atomic.write_text(target, body)
+
+
+def missing_tex() -> list[str]:
+    return [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
+
+
+def export_pdf(nb, target: Path, nb_dir: Path) -> None:
+    from nbconvert.exporters.pdf import LatexFailed
+
+    exporter = _exporter("pdf")
+    exporter.latex_count = LATEX_PASSES
+    try:
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(nb_dir), "name": "report"}})
+    except LatexFailed as err:
+        log = target.parent / "build" / "report.latex.log"
+        atomic.write_text(log, err.output or "")
+        raise CifarlibError(f"xelatex failed on the report; see {log} (the HTML report was written)") from None
+    with atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(body)
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cifarlib report", description="Run the notebooks with "
+                                "papermill, merge them into one report, export report.pdf and report.html.")
+    p.add_argument("--profile", choices=("quick", "full"), default="full",
+                   help="full (default) or quick: a smoke run of every notebook in minutes")
+    p.add_argument("--data-root", help=f"CIFAR-10 root (default: ${paths.ENV_DATA})")
+    p.add_argument("--mnist-root", help=f"MNIST root (default: ${paths.ENV_MNIST})")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
+    p.add_argument("--only", help="comma-separated notebooks to run, by number or name: 01,03_improved")
+    p.add_argument("--param", action="append", default=[], metavar="[NB:]NAME=VALUE",
+                   help="set a notebook parameter (all notebooks that define it, or NB only); repeatable")
+    p.add_argument("--params-file", help="YAML: {all: {NAME: VALUE}, 03_improved: {NAME: VALUE}}")
+    p.add_argument("--out", default=str(paths.report_dir()), help="output folder (default: report/)")
+    p.add_argument("--notebooks", default=str(default_notebooks_dir()), help="notebook folder (default: notebooks/)")
+    p.add_argument("--continue-on-error", action="store_true", help="build the other parts when one fails")
+    p.add_argument("--no-pdf", action="store_true", help="write the HTML report only")
+    return p.parse_args(argv)
+
+
+def prepare_out(out: Path) -> Path:
+    """``out/build`` exists and ``out`` is writable, or a one-line error."""
+    try:
+        (out / "build").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise CifarlibError(f"cannot write to output folder {out} ({err.strerror}); choose another with --out") from None
+    return out
+
+
+def announce(notebooks: list[Path], selected: list[Path], nb_dir: Path) -> None:
+    missing = [name for name in planned_parts(nb_dir) if name not in {p.stem for p in notebooks}]
+    print(f"running {len(selected)} of {len(notebooks)} notebooks in {nb_dir}:")
+    if missing:
+        print(f"  not built yet (no notebook): {', '.join(missing)}")
+
+
+def cli(argv: list[str]) -> int:
+    args = parse_args(argv)
+    out, nb_dir = Path(args.out).expanduser(), Path(args.notebooks).expanduser()
+    notebooks = discover(nb_dir)
+    selected = select(notebooks, args.only)
+    overrides = read_params_file(args.params_file) + [parse_param(t) for t in args.param]
+    plan = plan_parameters(selected, notebooks, shared_parameters(args), overrides)
+    prepare_out(out)
+    announce(notebooks, selected, nb_dir)
+    parts = [Part(p, plan[p]) for p in selected]
+    run_notebooks(parts, out / "build", args.continue_on_error)
+    failed = [p for p in parts if p.error]
+    if failed and not args.continue_on_error:
+        print(f"error: notebook {failed[0].name} failed: {failed[0].error} "
+              f"(see {failed[0].executed or 'the log above'}; --continue-on-error builds the rest)", file=sys.stderr)
+        return 1
+    build_report(parts, args, argv, out, nb_dir)
+    return 1 if failed else 0
+
+
+def build_report(parts: list[Part], args, argv: list[str], out: Path, nb_dir: Path) -> None:
+    """Merge, then one HTML and one PDF export (the PDF only with TeX installed)."""
+    start = time.perf_counter()
+    runs_dir = paths.runs_dir(parts[0].params.get("runs_dir") if parts else None)
+    runs, source = used_runs(runs_dir, out / "build" / RUN_LOG)
+    nb = assemble(parts, build_info(args, argv), runs, source)
+    import nbformat
+
+    atomic.write_text(out / "build" / "report.ipynb", nbformat.writes(nb))
+    export_html(nb, out / "report.html", nb_dir)
+    print(f"  html: {out / 'report.html'} ({time.perf_counter() - start:.1f} s)")
+    if args.no_pdf:
+        return
+    if missing_tex():
+        raise CifarlibError(f"no {' or '.join(missing_tex())} on PATH, so no PDF (the HTML report was written); "
+                            f"install TeX: {TEX_INSTALL}")
+    start = time.perf_counter()
+    export_pdf(nb, out / "report.pdf", nb_dir)
+    print(f"  pdf:  {out / 'report.pdf'} ({time.perf_counter() - start:.1f} s)")

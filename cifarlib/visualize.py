@@ -1,0 +1,171 @@
+"""What the ResNet18 transfer model sees (report part 4, assignment 3(e)-(g)).
+
+- :func:`first_layer_activations`: an image resized to 256 x 256, ImageNet-normalized, through ``conv1``
+  only -> 1 x 64 x 128 x 128.
+- :func:`last_conv_activations`: the same image through every child of the ResNet except ``avgpool``
+  and ``fc`` (module slicing) -> 1 x 512 x 8 x 8 (the output of layer4, after its last BN + ReLU).
+- :func:`plot_activations`: the image next to the strongest activation maps, on one shared scale.
+- :func:`plot_filters`: the 64 first-layer filters as RGB tiles (``torchvision.utils.make_grid``).
+
+An image is a CIFAR-10 test index (of the data set at ``data_root`` / ``$CIFARLIB_DATA``), an image
+file path, or a tensor (C, H, W) of uint8 or [0, 1] floats.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+from cifarlib.errors import CifarlibError
+from cifarlib.models.transfer import NOT_PRETRAINED, ResNet18Transfer
+
+VIS_SIZE = 256  # the assignment resizes the image to 256 x 256 before the first layer
+
+
+def load_image(image, data_root=None) -> tuple[torch.Tensor, str]:
+    """(pixels (3, H, W) float in [0, 1], a label) for a CIFAR-10 test index, a file path or a tensor."""
+    if isinstance(image, torch.Tensor):
+        pixels = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        return pixels, "image"
+    if isinstance(image, int):
+        return _cifar_test_image(image, data_root)
+    return _image_file(Path(image))
+
+
+def _cifar_test_image(index: int, data_root=None) -> tuple[torch.Tensor, str]:
+    from cifarlib import data
+
+    test = (ds := data.load("cifar10", root=data_root)).test
+    if not -len(test) <= index < len(test):
+        raise CifarlibError(f"image index {index} is outside the CIFAR-10 test set (0..{len(test) - 1}); "
+                            "pass another image_index")
+    label = ds.classes[int(test.labels[index])]
+    return test.images[index].float() / 255, f"CIFAR-10 test image {index} ({label})"
+
+
+def _image_file(path: Path) -> tuple[torch.Tensor, str]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise CifarlibError(f"cannot read image file {path} ({type(err).__name__}); pass a PNG/JPEG file "
+                            "or a CIFAR-10 test index") from None
+    pixels = torchvision.transforms.functional.pil_to_tensor(rgb).float() / 255
+    return pixels, path.name
+
+
+def resized(model: ResNet18Transfer, pixels: torch.Tensor, size: int = VIS_SIZE) -> torch.Tensor:
+    """(1, 3, size, size) pixels: upsampled as the model upsamples its inputs; a larger image
+    (a photo) is shrunk with antialiasing instead."""
+    x = pixels[None].float()
+    if max(x.shape[-2:]) > size:
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+    return model.resize(x, size).clamp(0, 1)
+
+
+@torch.inference_mode()
+def _through(model: ResNet18Transfer, layers: nn.Module, image, size: int, data_root):
+    pixels, _ = load_image(image, data_root)
+    device = next(model.parameters()).device
+    x = resized(model, pixels, size).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        acts = layers(model.imagenet_normalize(x)).float().cpu()
+    finally:
+        model.train(was_training)
+    return x[0].cpu(), acts
+
+
+def first_layer_activations(model: ResNet18Transfer, image, size: int = VIS_SIZE, data_root=None):
+    """(image (3, size, size) in [0, 1], conv1 output (1, 64, size/2, size/2)). ``conv1`` alone:
+    before BN and ReLU, so the values are signed."""
+    return _through(model, model.net.conv1, image, size, data_root)
+
+
+def last_conv_activations(model: ResNet18Transfer, image, size: int = VIS_SIZE, data_root=None) -> torch.Tensor:
+    """(1, 512, size/32, size/32): the image through all children of the ResNet but the last two
+    (``avgpool``, ``fc``), i.e. the output of ``layer4`` after its final BN and ReLU."""
+    body = nn.Sequential(*list(model.net.children())[:-2])
+    return _through(model, body, image, size, data_root)[1]
+
+
+# ---- figures -------------------------------------------------------------------------------------
+
+def _flagged(title: str, pretrained: bool) -> str:
+    """The title, with a second line saying NOT PRETRAINED for a model that started from random weights."""
+    return title if pretrained else f"{title}\n{NOT_PRETRAINED}: random weights, not ImageNet features"
+
+
+def strongest_channels(acts: torch.Tensor, n: int) -> list[int]:
+    """The ``n`` channels with the largest mean |activation|, strongest first."""
+    acts = acts.reshape(-1, *acts.shape[-2:])
+    return acts.abs().mean(dim=(1, 2)).argsort(descending=True)[:n].tolist()
+
+
+def _image_axes(fig, n: int):
+    """One big axes for the image on the left, ``n`` small ones (up to 8 per row) on the right."""
+    cols = min(n, 8)
+    rows = math.ceil(n / cols)
+    grid = fig.add_gridspec(rows, cols + 2, wspace=0.08, hspace=0.25)
+    return fig.add_subplot(grid[:, :2]), [fig.add_subplot(grid[i // cols, 2 + i % cols]) for i in range(n)]
+
+
+def _shared_scale(maps: torch.Tensor) -> dict:
+    """imshow colour settings common to all maps: diverging around 0 for signed values, else 0..max."""
+    top = float(maps.abs().max()) or 1.0
+    if bool((maps < 0).any()):
+        return dict(cmap="RdBu_r", vmin=-top, vmax=top)
+    return dict(cmap="viridis", vmin=0, vmax=top)
+
+
+def plot_activations(image: torch.Tensor, acts: torch.Tensor, n: int = 16, title: str = "Activations",
+                     channels=None, pretrained: bool = True):
+    """The image (3, H, W in [0, 1]) next to ``n`` activation maps of ``acts`` ((1,) C, h, w): the
+    ``channels`` given, else the strongest ones. All maps share one colour scale (colorbar); signed
+    maps use a diverging scale centred on 0."""
+    maps = acts.reshape(-1, *acts.shape[-2:]).float()
+    which = "" if channels is not None else "strongest "
+    channels = list(channels) if channels is not None else strongest_channels(maps, n)
+    scale = _shared_scale(maps[channels])
+    rows = math.ceil(len(channels) / min(len(channels), 8))
+    fig = plt.figure(figsize=(1.45 * (min(len(channels), 8) + 2) + 1.2, 1.6 * rows + 1.0))
+    img_ax, map_axes = _image_axes(fig, len(channels))
+    img_ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+    img_ax.set_title(f"input {image.shape[-1]}x{image.shape[-2]}", fontsize=9)
+    for ax, c in zip(map_axes, channels):
+        im = ax.imshow(maps[c].numpy(), interpolation="nearest", **scale)
+        ax.set_title(f"ch {c}", fontsize=8)
+    for ax in [img_ax, *map_axes]:
+        ax.axis("off")
+    fig.colorbar(im, ax=map_axes, fraction=0.02, pad=0.01, label="activation (shared scale)")
+    fig.suptitle(_flagged(f"{title} (the {len(channels)} {which}of {len(maps)} channels, "
+                          f"{maps.shape[-2]}x{maps.shape[-1]})", pretrained))
+    return fig
+
+
+def plot_filters(conv1_weight: torch.Tensor, title: str = "First-layer filters", nrow: int = 8,
+                 pretrained: bool = True):
+    """All filters of a conv layer with 3 input channels as RGB tiles (``make_grid``), each scaled to
+    [0, 1] on its own (``scale_each``): colours compare within a tile, not between tiles."""
+    w = conv1_weight.detach().float().cpu()
+    if w.dim() != 4 or w.shape[1] != 3:
+        raise CifarlibError(f"plot_filters needs conv weights (out, 3, k, k), got shape {tuple(w.shape)}; "
+                            "pass model.net.conv1.weight")
+    grid = torchvision.utils.make_grid(w, nrow=nrow, padding=1, normalize=True, scale_each=True, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(6.4, 6.4 * grid.shape[1] / grid.shape[2] + 0.6))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.axis("off")
+    k = w.shape[-1]
+    ax.set_title(_flagged(f"{title}: {w.shape[0]} filters of {k}x{k}x3", pretrained), fontsize=10)
+    ax.text(0.5, -0.02, "each filter min-max scaled to [0, 1] on its own; mid-grey is not necessarily 0",
+            transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    return fig

@@ -1,0 +1,244 @@
+"""Report part 3: the improved models, the ablation configs and table, and the evaluation helpers.
+
+All on the CPU with random tensors or a few hundred synthetic images; no real data needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cifarlib import ablation, data, evaluation, experiments, runs, train
+from cifarlib.ablation import AblationResult, Change
+from cifarlib.errors import CifarlibError
+from cifarlib.experiments.improved import ABLATION, ABLATION_REFERENCE
+from cifarlib.models import build_model, count_params
+from cifarlib.models.cifar import PatchWhitening
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+IMPROVED_EXPERIMENTS = [e for e in experiments.names() if experiments.get(e).part == "improved"]
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", IMPROVED_EXPERIMENTS)
+def test_every_improved_experiment_builds_and_maps_images_to_ten_logits(name):
+    cfg = experiments.config(name)
+    model = train.build(cfg)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.eval()(x).shape == (2, 10)
+    assert model.train()(x).shape == (2, 10)  # BN with a batch of 2, whitening fitted from it
+
+
+def test_table1_variant_without_switches_is_the_table1_network():
+    base, variant = build_model("baseline"), build_model("table1_variant")
+    assert count_params(variant) == count_params(base) == 390_410
+    assert [tuple(v.shape) for v in variant.state_dict().values()] == [tuple(v.shape) for v in base.state_dict().values()]
+    torch.manual_seed(0)
+    variant.load_state_dict(base.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(variant(x), base(x))
+
+
+def test_strided_variant_has_no_pooling_and_same_sides():
+    model = build_model("table1_variant", downsample="stride", kernel=3)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    assert model.features(torch.zeros(1, 3, 32, 32)).shape == (1, 128, 4, 4)
+
+
+def test_deeper_and_batchnorm_switches_change_the_layers():
+    model = build_model("table1_variant", depth=2, bn=True)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 6 and all(c.bias is None for c in convs)  # BN's shift replaces the bias
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 6
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == 1
+
+
+@pytest.mark.parametrize("init, std_of", [
+    ("xavier", lambda fan_in, fan_out: math.sqrt(2 / (fan_in + fan_out))),
+    ("kaiming", lambda fan_in, fan_out: math.sqrt(2 / fan_in)),
+])
+def test_init_schemes_give_the_textbook_weight_scale_and_zero_biases(init, std_of):
+    torch.manual_seed(0)
+    conv = build_model("table1_variant", init=init).features[3]  # conv 32 -> 64, 5x5
+    fan_in, fan_out = 32 * 25, 64 * 25
+    assert conv.weight.std().item() == pytest.approx(std_of(fan_in, fan_out), rel=0.05)
+    assert torch.count_nonzero(conv.bias) == 0
+
+
+@pytest.mark.parametrize("kw", [dict(downsample="avgpool"), dict(kernel=4), dict(dropout=1.0), dict(init="orthogonal"),
+                                dict(widths=[])])
+def test_bad_switches_are_one_line_errors(kw):
+    with pytest.raises(CifarlibError) as err:
+        build_model("table1_variant", **kw)
+    assert "\n" not in str(err.value)
+
+
+def test_patch_whitening_decorrelates_the_patches_of_its_first_training_batch():
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.8, 0.6], [0.0, 0.5, 0.3], [0.0, 0.0, 0.2]])
+    x = torch.einsum("dc,nchw->ndhw", mix, torch.randn(64, 3, 16, 16))  # correlated channels
+    layer = PatchWhitening(3, kernel=2, eps=0.0).train()
+    assert not layer.ready
+    y = layer(x)[:, :12]  # the first half; the second half is its negative
+    flat = y.permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = torch.cov(flat.T)
+    torch.testing.assert_close(cov, torch.eye(12), atol=2e-2, rtol=0)
+    assert layer.ready and not layer.conv.weight.requires_grad
+    torch.testing.assert_close(layer(x)[:, 12:], -layer(x)[:, :12])
+    frozen = layer.conv.weight.clone()
+    layer(x * 3)  # later batches do not refit
+    torch.testing.assert_close(layer.conv.weight, frozen)
+
+
+def test_whitening_state_survives_a_state_dict_round_trip():
+    model = build_model("improved_b").train()
+    model(torch.randn(8, 3, 32, 32))
+    fresh = build_model("improved_b")
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.whiten.ready
+    torch.testing.assert_close(fresh.whiten.conv.weight, model.whiten.conv.weight)
+
+
+def test_forward_macs_of_the_table1_network_match_the_hand_count():
+    by_hand = 32 * 32 * 32 * 3 * 25 + 16 * 16 * 64 * 32 * 25 + 8 * 8 * 128 * 64 * 25 + 2048 * 64 + 64 * 10
+    assert evaluation.forward_macs(build_model("baseline")) == by_hand == 28_803_712
+
+
+# ---- ablation configs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile", ["full", "quick"])
+@pytest.mark.parametrize("change", ABLATION, ids=lambda c: c.name)
+def test_each_ablation_config_differs_from_the_reference_in_exactly_its_change(change, profile):
+    ref = experiments.config("ablation_reference", profile).to_dict()
+    variant = experiments.config(f"ablation_{change.name}", profile).to_dict()
+    diff = ablation.config_diff(ref, variant)
+    assert {k: v[1] for k, v in diff.items()} == ablation.flatten_config(change.changes)
+
+
+def test_ablation_changes_are_distinct_and_named_once():
+    names = [c.name for c in ABLATION]
+    assert len(set(names)) == len(names)
+    assert len({repr(sorted(ablation.flatten_config(c.changes).items())) for c in ABLATION}) == len(ABLATION)
+
+
+def test_reference_trains_the_table1_network_with_fixed_epochs():
+    cfg = experiments.config("ablation_reference")
+    assert cfg.model == "table1_variant" and cfg.model_kw == {} and cfg.early_stop_patience is None
+    assert ABLATION_REFERENCE["epochs"] == cfg.epochs
+
+
+def test_apply_change_merges_model_kw_and_config_diff_ignores_tuple_vs_list():
+    ref = {"lr": 0.1, "model_kw": {"bn": False, "widths": (1, 2)}}
+    out = ablation.apply_change(ref, {"model_kw": {"bn": True}})
+    assert out == {"lr": 0.1, "model_kw": {"bn": True, "widths": (1, 2)}}
+    assert ref["model_kw"]["bn"] is False  # the reference is not modified
+    assert ablation.config_diff({"w": (1, 2)}, {"w": [1, 2]}) == {}
+    assert ablation.config_diff({"a": 1}, {"a": 1, "model_kw": {"k": 3}}) == {"model_kw.k": (None, 3)}
+
+
+def _fake(val, test, wall=1.0):
+    return {"final_val_acc": val, "final_test_acc": test, "wall_s": wall}
+
+
+def test_delta_table_sorts_by_validation_gain_against_the_reference_mean():
+    changes = [Change("a", "A", {}), Change("b", "B", {}), Change("c", "C", {})]
+    result = AblationResult(reference=[_fake(0.60, 0.58), _fake(0.62, 0.60)],
+                            variants={"a": _fake(0.55, 0.70), "b": _fake(0.70, 0.50), "c": _fake(0.61, 0.59)},
+                            changes=changes)
+    table = ablation.delta_table(result)
+    assert list(table["change"]) == ["b", "c", "a"]
+    assert table["Δ val (pts)"].tolist() == pytest.approx([9.0, 0.0, -6.0])
+    assert table["Δ test (pts)"].tolist() == pytest.approx([-9.0, 0.0, 11.0])
+    ref = ablation.reference_accuracy(result)
+    assert ref["runs"] == 2 and ref["val_std"] == pytest.approx(math.sqrt(2) * 1.0)
+    lines = ablation.ranked_summary(table, noise=1.0).splitlines()
+    assert lines[0].split()[1] == "b" and "helped" in lines[0] and "within noise" in lines[1] and "hurt" in lines[2]
+
+
+def test_single_reference_run_has_zero_spread_and_missing_metrics_are_an_error():
+    result = AblationResult([_fake(0.5, 0.5)], {"a": {"wall_s": 1}}, [Change("a", "A", {})])
+    assert ablation.reference_accuracy(result)["val_std"] == 0
+    with pytest.raises(CifarlibError, match="final_val_acc"):
+        ablation.delta_table(result)
+
+
+def test_plot_deltas_draws_one_bar_pair_per_change():
+    result = AblationResult([_fake(0.6, 0.6)], {"a": _fake(0.7, 0.6), "b": _fake(0.5, 0.6)},
+                            [Change("a", "A", {}), Change("b", "B", {})])
+    fig = ablation.plot_deltas(ablation.delta_table(result), noise=0.5)
+    assert len(fig.axes[0].patches) == 2 * 2 + 1  # bars + noise band
+    ax = fig.axes[0]
+    height = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks())}
+    assert height["a"] > height["b"]  # the best change at the top
+
+
+# ---- evaluation helpers on a tiny synthetic run -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    cfg = train.TrainConfig(name="tiny", dataset="synthetic", model="table1_variant",
+                            model_kw={"widths": [8, 16, 16], "kernel": 3, "bn": True}, epochs=2, batch_size=32,
+                            optimizer="adam", lr=3e-3, train_per_class=40, test_per_class=20,
+                            train_eval_size=100, device="cpu", precision="fp32")
+    return runs.train_or_load(cfg, runs_dir=tmp_path_factory.mktemp("runs"), progress=False)
+
+
+def test_predictions_reproduce_the_recorded_test_accuracy(tiny_run):
+    p = evaluation.predict_run(tiny_run)
+    assert len(p.labels) == 200 and p.probs.shape == (200, 10)
+    torch.testing.assert_close(p.probs.sum(dim=1), torch.ones(200))
+    assert p.accuracy == pytest.approx(tiny_run.metrics["final_test_acc"], abs=1 / 200 + 1e-9)
+    assert 0.1 < p.accuracy < 1.0  # learned something, and there are mistakes to show
+
+
+def test_confusion_matrix_and_per_class_table_agree_with_the_predictions(tiny_run):
+    p = evaluation.predict_run(tiny_run)
+    cm = evaluation.confusion_matrix(p.labels, p.preds, 10)
+    assert cm.sum() == 200 and cm.trace().item() == int((p.preds == p.labels).sum())
+    assert cm.sum(dim=1).tolist() == [20] * 10
+    table = evaluation.per_class_table(cm, p.classes)
+    assert table["accuracy (%)"].tolist() == pytest.approx((100 * cm.diag() / 20).tolist())
+
+
+def test_confusion_matrix_by_hand():
+    cm = evaluation.confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 0, 2], 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    table = evaluation.per_class_table(cm, ["a", "b", "c"])
+    assert table["most confused with"].tolist() == ["b (1)", "-", "a (1)"]
+
+
+def test_misclassified_gallery_shows_the_most_confident_mistakes_first(tiny_run):
+    p = evaluation.predict_run(tiny_run)
+    idx = evaluation.misclassified(p, k=6)
+    assert len(idx) == min(6, int((p.preds != p.labels).sum()))
+    assert bool((p.preds[idx] != p.labels[idx]).all())
+    conf = p.probs[idx, p.preds[idx]]
+    assert bool((conf[:-1] >= conf[1:]).all())
+    titles = evaluation.gallery_titles(p, idx)
+    assert titles[0].startswith(f"pred: {p.classes[int(p.preds[idx[0]])]}")
+    assert titles[0].endswith(f"true: {p.classes[int(p.labels[idx[0]])]}")
+    fig = evaluation.plot_misclassified(p, k=6, ncols=3)
+    assert [ax.get_title() for ax in fig.axes[:len(idx)]] == titles
+
+
+def test_predict_keeps_the_order_of_the_images():
+    ds = data.synthetic(n_train=50, n_test=30, size=32, seed=1)
+    model = build_model("table1_variant", widths=[4, 4, 4], kernel=3)
+    preds, probs = evaluation.predict(model, ds.test, mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=7)
+    x = (ds.test.images.float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        torch.testing.assert_close(probs, model.eval()(x).softmax(dim=1), atol=1e-5, rtol=1e-4)
+    assert preds.tolist() == probs.argmax(dim=1).tolist()

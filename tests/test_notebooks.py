@@ -1,0 +1,118 @@
+"""Every notebook in notebooks/: committed clean (hygiene), and runs top to bottom under nbval on the
+quick profile.
+
+nbval runs a notebook's saved defaults (profile "full"), so each test first makes a quick copy with
+papermill's prepare-only mode (the same injection ``python -m cifarlib report`` does), then runs
+``pytest --nbval-lax --nbval-current-env`` on the copy in a subprocess. Data roots come from the
+environment (CIFARLIB_DATA, CIFARLIB_MNIST_DATA); figures go to a temporary folder; run records go
+to the usual runs folder (CIFARLIB_RUNS or runs/) so that later builds reuse them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cifarlib import paths
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NBVAL_TIMEOUT_S = 1800  # one notebook on the quick profile takes minutes at most on 2 CPU cores
+
+
+def tagged(nb, tag: str) -> list:
+    return [c for c in nb.cells if tag in c.metadata.get("tags", [])]
+
+
+def read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+# ---- hygiene --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs(path):
+    dirty = [i for i, c in enumerate(read(path).cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; strip them (nbstripout)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_one_parameters_cell_defining_profile(path):
+    cells = tagged(read(path), "parameters")
+    assert len(cells) == 1, f"{path.name}: {len(cells)} cells tagged 'parameters'; tag exactly one"
+    assert cells[0].cell_type == "code"
+    assert "profile" in parameter_names(path), f"{path.name}: the parameters cell must define `profile`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_starts_with_a_title(path):
+    first = read(path).cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), \
+        f"{path.name}: the first cell must be markdown starting with '# <Part title>'"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_carries_no_papermill_metadata(path):
+    nb = read(path)
+    stale = "papermill" in nb.metadata or any("papermill" in c.metadata for c in nb.cells)
+    assert not stale, f"{path.name}: papermill metadata was committed; strip it (nbstripout --extra-keys)"
+
+
+# ---- nbval on the quick profile -------------------------------------------------------------------
+
+def parameter_names(path: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(path)))
+
+
+def quick_parameters(path: Path) -> dict:
+    """profile=quick, plus the data roots from the environment, for the parameters the notebook has."""
+    wanted = {"profile": "quick", "data_root": os.environ.get(paths.ENV_DATA),
+              "mnist_root": os.environ.get(paths.ENV_MNIST)}
+    names = parameter_names(path)
+    return {k: v for k, v in wanted.items() if v is not None and k in names}
+
+
+def quick_copy(path: Path, folder: Path) -> Path:
+    import papermill
+
+    if len(tagged(read(path), "parameters")) != 1:
+        pytest.fail(f"{path.name} has no single cell tagged 'parameters'; nbval cannot run it on the quick profile")
+    copy = folder / path.name
+    papermill.execute_notebook(str(path), str(copy), parameters=quick_parameters(path), prepare_only=True,
+                               kernel_name="python3", progress_bar=False)
+    return copy
+
+
+def kernel_env(figures: Path) -> dict:
+    env = dict(os.environ, CIFARLIB_PROGRESS="0", TQDM_DISABLE="1")
+    env[paths.ENV_FIGURES] = str(figures)  # never overwrite the report's figures with quick ones
+    return env
+
+
+def tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_under_nbval_on_quick_profile(path, tmp_path):
+    copy = quick_copy(path, tmp_path)
+    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+           "-q", "--rootdir", str(tmp_path), str(copy)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=kernel_env(tmp_path / "figures"), capture_output=True,
+                          text=True, timeout=NBVAL_TIMEOUT_S)
+    assert proc.returncode == 0, f"nbval failed on {path.name} (quick profile):\n{tail(proc.stdout + proc.stderr)}"
+
+
+def test_every_notebook_is_found():
+    """The glob the report uses finds the notebooks the README lists that exist (no stray names)."""
+    stray = [p.name for p in (ROOT / "notebooks").glob("*.ipynb") if p not in NOTEBOOKS]
+    assert not stray, f"notebooks not named NN_<name>.ipynb are skipped by the report: {stray}"

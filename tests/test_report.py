@@ -1,0 +1,360 @@
+"""``python -m cifarlib report``: parameters, notebook selection, failures, the merged report, the PDF.
+
+Most tests run tiny stand-in notebooks (a heading, a parameters cell, a figure, a Markdown table) so
+they take seconds; one slow test builds the real quick report from notebooks/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+
+from cifarlib import cli, paths, report
+from cifarlib.errors import CifarlibError
+
+ROOT = Path(__file__).resolve().parent.parent
+HAVE_TEX = shutil.which("xelatex") is not None and shutil.which("pandoc") is not None
+NO_TEX = "xelatex/pandoc not installed (apt-get install texlive-xetex texlive-fonts-recommended " \
+         "texlive-plain-generic pandoc)"
+
+PARAMETERS = '''profile = "full"  # "quick" shrinks everything
+seed = 0  # random seed
+device = "auto"
+runs_dir = None
+figures_dir = None
+points = 4  # points on the curve'''
+
+FIGURE = '''import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(4, 2.5))
+ax.plot(range(points), [i * i for i in range(points)])
+ax.set_title("squares")'''
+
+TABLE = '''import pandas as pd
+from IPython.display import Markdown, display
+display(Markdown(pd.DataFrame({"model": ["a", "b"], "accuracy (%)": [91.2, 92.5]}).to_markdown(index=False)))
+print(f"profile={profile} seed={seed} points={points}")'''
+
+
+def notebook(title: str, extra: list | None = None, parameters: bool = True):
+    new_md, new_code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    cells = [new_md(f"# {title}\n\nWhat this part shows."), new_code(PARAMETERS),
+             new_md("## 1(a) A curve\n\nThe curve is $y = x^2$."), new_code(FIGURE),
+             new_md("## 1(b) A table"), new_code(TABLE), *(extra or [])]
+    if parameters:
+        cells[1].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def failing_notebook(title: str):
+    cell = nbformat.v4.new_code_cell("x = 1\nraise ValueError('boom on purpose')")
+    return notebook(title, [cell, nbformat.v4.new_markdown_cell("## 1(c) Never reached")])
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """Run records and figures in tmp_path, no progress bars."""
+    monkeypatch.setenv(paths.ENV_RUNS, str(tmp_path / "runs"))
+    monkeypatch.setenv(paths.ENV_FIGURES, str(tmp_path / "figures"))
+    monkeypatch.setenv(paths.ENV_PROGRESS, "0")
+    return tmp_path
+
+
+@pytest.fixture
+def nb_dir(isolated):
+    folder = isolated / "notebooks"
+    folder.mkdir()
+    nbformat.write(notebook("Alpha part"), folder / "01_alpha.ipynb")
+    nbformat.write(failing_notebook("Beta part"), folder / "02_beta.ipynb")
+    return folder
+
+
+def tagged_source(path: Path, tag: str) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return "\n".join(c.source for c in nb.cells if tag in c.metadata.get("tags", []))
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = cli.main(["report", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def pdf_text(path: Path) -> str:
+    from pypdf import PdfReader
+
+    return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+
+
+def pdf_figures(path: Path) -> int:
+    """Images and embedded vector figures (form XObjects: matplotlib PDFs) on all pages."""
+    from pypdf import PdfReader
+
+    count = 0
+    for page in PdfReader(path).pages:
+        xobjects = page.get("/Resources", {}).get("/XObject", {})
+        count += sum(xobjects[k].get_object().get("/Subtype") in ("/Image", "/Form") for k in xobjects)
+    return count
+
+
+# ---- parameters and selection (no kernel) ---------------------------------------------------------
+
+def test_param_values_are_read_as_literals():
+    assert report.parse_param("03_improved:seeds=3") == ("03_improved", "seeds", 3)
+    assert report.parse_param("seed=1") == ("all", "seed", 1)
+    assert report.parse_param("lr=1e-3") == ("all", "lr", 0.001)
+    assert report.parse_param("model=resnet18") == ("all", "model", "resnet18")
+    assert report.parse_param("augment=true") == ("all", "augment", True)
+    assert report.parse_param("data_root=null") == ("all", "data_root", None)
+    with pytest.raises(CifarlibError, match="NAME=VALUE"):
+        report.parse_param("seeds3")
+
+
+def test_params_file_scopes_and_yaml_numbers(tmp_path):
+    path = tmp_path / "p.yml"
+    path.write_text("all: {seed: 1}\n03_improved: {seeds: 3, lr: 1e-3}\n")
+    assert report.read_params_file(str(path)) == [("all", "seed", 1), ("03_improved", "seeds", 3),
+                                                  ("03_improved", "lr", 0.001)]
+    path.write_text("- just a list\n")
+    with pytest.raises(CifarlibError, match="must map"):
+        report.read_params_file(str(path))
+
+
+def test_only_passes_parameters_a_notebook_defines(nb_dir):
+    notebooks = report.discover(nb_dir)
+    extra = nb_dir / "03_gamma.ipynb"
+    nb = notebook("Gamma")
+    nb.cells[1].source = 'profile = "full"\nseeds = 1'
+    nbformat.write(nb, extra)
+    notebooks = report.discover(nb_dir)
+    shared = {"profile": "quick", "device": "cpu", "data_root": "/d"}
+    plan = report.plan_parameters(notebooks, notebooks, shared,
+                                  [("all", "seed", 5), ("03", "seeds", 3), ("01_alpha", "points", 9)])
+    assert plan[nb_dir / "01_alpha.ipynb"] == {"profile": "quick", "device": "cpu", "seed": 5, "points": 9}
+    assert plan[extra] == {"profile": "quick", "seeds": 3}
+
+
+def test_select_by_number_or_name(nb_dir):
+    notebooks = report.discover(nb_dir)
+    assert [p.stem for p in report.select(notebooks, "02,01_alpha")] == ["01_alpha", "02_beta"]
+    assert report.select(notebooks, None) == notebooks
+
+
+def test_planned_parts_come_from_the_notebooks_readme(tmp_path):
+    (tmp_path / "README.md").write_text("| `01_theory.ipynb` | x |\n| `02_baseline.ipynb` | y |\n")
+    assert report.planned_parts(tmp_path) == ["01_theory", "02_baseline"]
+
+
+# ---- CLI errors: exit 2 with one line -------------------------------------------------------------
+
+def assert_one_line_error(code, err, *words):
+    assert code == 2, err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    for word in words:
+        assert word in err
+
+
+def test_unknown_notebook_in_only(nb_dir, capsys):
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--only", "01,07")
+    assert_one_line_error(code, err, "'07'", "--only", "01_alpha, 02_beta")
+
+
+def test_unknown_parameter_for_a_notebook(nb_dir, capsys):
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--param", "01_alpha:epochs=3")
+    assert_one_line_error(code, err, "01_alpha", "'epochs'", "points")
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--param", "epochs=3")
+    assert_one_line_error(code, err, "'epochs'")
+
+
+def test_unknown_notebook_in_param(nb_dir, capsys):
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--param", "09:seed=3")
+    assert_one_line_error(code, err, "'09'", "--param")
+
+
+def test_unwritable_output_folder(nb_dir, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--out", blocker / "report")
+    assert_one_line_error(code, err, "cannot write to output folder", "--out")
+
+
+def test_notebook_without_parameters_cell(isolated, capsys):
+    folder = isolated / "nbs"
+    folder.mkdir()
+    nbformat.write(notebook("No params", parameters=False), folder / "01_x.ipynb")
+    code, _, err = run_cli(capsys, "--notebooks", folder)
+    assert_one_line_error(code, err, "01_x.ipynb", "parameters")
+
+
+def test_no_notebooks(isolated, capsys):
+    code, _, err = run_cli(capsys, "--notebooks", isolated)
+    assert_one_line_error(code, err, "no notebooks")
+
+
+# ---- running: failures ----------------------------------------------------------------------------
+
+def test_failing_notebook_is_named_with_its_cell(nb_dir, isolated, capsys):
+    code, out, err = run_cli(capsys, "--notebooks", nb_dir, "--out", isolated / "out")
+    assert code == 1
+    assert "02_beta" in err and "cell 6" in err and "'x = 1'" in err and "ValueError: boom on purpose" in err
+    assert "01_alpha" in out and " s  ok" in out  # the wall time of the part that ran
+    assert (isolated / "out" / "build" / "02_beta.ipynb").is_file()  # the executed copy, with its error
+    assert not (isolated / "out" / "report.html").exists()
+
+
+@pytest.fixture(scope="module")
+def failed_build(tmp_path_factory):
+    """One build of [01_alpha ok, 02_beta failing] with --continue-on-error, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("failed_build")
+    folder = tmp / "notebooks"
+    folder.mkdir()
+    nbformat.write(notebook("Alpha part"), folder / "01_alpha.ipynb")
+    nbformat.write(failing_notebook("Beta part"), folder / "02_beta.ipynb")
+    env = dict(os.environ, **{paths.ENV_RUNS: str(tmp / "runs"), paths.ENV_FIGURES: str(tmp / "figures")})
+    cmd = [sys.executable, "-m", "cifarlib", "report", "--notebooks", str(folder), "--out", str(tmp / "out"),
+           "--profile", "quick", "--param", "01:points=7", "--continue-on-error"]
+    if not HAVE_TEX:
+        cmd.append("--no-pdf")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return SimpleNamespace(proc=proc, out=tmp / "out")
+
+
+def test_continue_on_error_builds_and_marks_the_failed_part(failed_build):
+    assert failed_build.proc.returncode == 1, failed_build.proc.stderr
+    html = (failed_build.out / "report.html").read_text()
+    assert "Part failed." in html and "ValueError: boom on purpose" in html
+    assert "Never reached" not in html  # the part stops where it failed
+
+
+def test_parameters_reach_the_executed_notebooks(failed_build):
+    injected = tagged_source(failed_build.out / "build" / "01_alpha.ipynb", "injected-parameters")
+    assert 'profile = "quick"' in injected and "points = 7" in injected and 'device = "auto"' in injected
+    assert "points=7" in (failed_build.out / "report.html").read_text()  # the print in the table cell
+
+
+def test_merged_notebook_hides_code_and_has_unique_ids(failed_build):
+    nb = nbformat.read(failed_build.out / "build" / "report.ipynb", as_version=4)
+    ids = [c.id for c in nb.cells]
+    assert len(ids) == len(set(ids))
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.outputs for c in code)  # cells without output (imports, parameters) are gone
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    headings = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# ")]
+    assert headings == ["# 1 Alpha part", "# 2 Beta part", "# 3 Provenance"]
+    assert not any("Text(" in str(c.outputs) for c in code)  # echoed plot objects are dropped
+
+
+@pytest.mark.skipif(not HAVE_TEX, reason=NO_TEX)
+def test_pdf_has_sections_figures_and_failure_box(failed_build):
+    text = pdf_text(failed_build.out / "report.pdf")
+    for heading in ("Contents", "1 Alpha part", "1(a) A curve", "1(b) A table", "2 Beta part", "3 Provenance",
+                    "Figure 1", "Part failed", "boom on purpose", "accuracy (%)"):
+        assert heading in text, heading
+    assert pdf_figures(failed_build.out / "report.pdf") >= 2
+
+
+def test_missing_tex_is_one_line_and_html_is_still_written(nb_dir, isolated, capsys, monkeypatch):
+    which = shutil.which
+    monkeypatch.setattr(report.shutil, "which", lambda tool: None if tool == "xelatex" else which(tool))
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--only", "01", "--out", isolated / "out")
+    assert_one_line_error(code, err, "xelatex", report.TEX_INSTALL)
+    assert (isolated / "out" / "report.html").is_file()
+    assert not (isolated / "out" / "report.pdf").exists()
+
+
+# ---- assembly details (no kernel) -----------------------------------------------------------------
+
+def test_provenance_row_from_a_run_record():
+    rec = SimpleNamespace(dir=Path("runs/baseline-3f2a9c01de"), config={"name": "baseline", "seed": 2},
+                          metrics={"wall_s": 12.5}, env={"git_commit": "0123456789abcdef", "git_dirty": True,
+                                                         "torch": "2.5.1", "device": "cuda:0", "wall_s": 61.25})
+    assert report.run_row(rec) == ["`baseline`", "`3f2a9c01de`", 2, "0123456789 (dirty)", "2.5.1", "cuda:0", "61.2 s"]
+
+
+def test_figures_get_numbered_captions():
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    fig = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"})
+    given = code("", outputs=[fig])
+    given.metadata["caption"] = "Loss against epochs"
+    cells = [md("## 2(a) Curves"), code("", outputs=[nbformat.from_dict(dict(fig))]), given]
+    report.caption_figures(cells)
+    meta = [c.outputs[0].metadata for c in cells[1:]]
+    assert [(m["figure_number"], m["caption"]) for m in meta] == [(1, "2(a) Curves"), (2, "Loss against epochs")]
+
+
+# ---- the real report ------------------------------------------------------------------------------
+
+REAL = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL, reason="no notebooks in notebooks/ yet")
+def test_real_quick_report(tmp_path):
+    """The real notebooks on the quick profile: PDF with every part's heading and figures, and HTML."""
+    out = tmp_path / "report"
+    env = dict(os.environ, **{paths.ENV_FIGURES: str(tmp_path / "figures")})
+    cmd = [sys.executable, "-m", "cifarlib", "report", "--profile", "quick", "--out", str(out)]
+    proc = subprocess.run(cmd + ([] if HAVE_TEX else ["--no-pdf"]), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "report.html").stat().st_size > 10_000
+    if not HAVE_TEX:
+        pytest.skip(f"PDF checks skipped: {NO_TEX}")
+    text = " ".join(pdf_text(out / "report.pdf").split())
+    for number, path in enumerate(REAL, 1):
+        title = report.part_title(path)
+        assert f"{number} {title}" in text, f"section heading of {path.name} missing from the PDF"
+    assert "Provenance" in text
+    assert pdf_figures(out / "report.pdf") >= 1
+
+
+PANDOC2_TABLE = r"""\begin{longtable}[]{@{}lr@{}}
+\caption{results}\tabularnewline
+\toprule
+model & acc \\
+\midrule
+\endfirsthead
+\toprule
+model & acc \\
+\midrule
+\endhead
+a & 91.2 \\
+\bottomrule
+\end{longtable}"""
+
+PANDOC3_TABLE = r"""\begin{longtable}[]{@{}lr@{}}
+\toprule\noalign{}
+model & acc \\
+\midrule\noalign{}
+\endhead
+\bottomrule\noalign{}
+\endlastfoot
+a & 91.2 \\
+\end{longtable}"""
+
+
+@pytest.mark.parametrize("table", [PANDOC2_TABLE, PANDOC3_TABLE], ids=["pandoc2", "pandoc3"])
+def test_wide_tables_are_boxed_to_the_text_width(table):
+    latex = report.fit_tables("before\n" + table + "\nafter")
+    assert "longtable" not in latex and "\\begin{adjustbox}{max width=\\linewidth}" in latex
+    body = latex[latex.index("\\begin{tabular}{@{}lr@{}}"):latex.index("\\end{tabular}")].splitlines()
+    assert [ln.split("\\noalign")[0] for ln in body[1:]] == \
+        ["\\toprule", "model & acc \\\\", "\\midrule", "a & 91.2 \\\\", "\\bottomrule"]
+    assert latex.startswith("before\n") and latex.endswith("\nafter")
+    assert ("\\captionof{table}{results}" in latex) == ("caption" in table)
+
+
+def test_wrapped_and_long_tables_stay_longtables():
+    wrapped = "\\begin{longtable}[]{@{}\n  >{\\raggedright\\arraybackslash}p{(\\columnwidth) * \\real{0.5}}@{}}\n" \
+              "\\toprule\na \\\\\n\\bottomrule\n\\end{longtable}"
+    assert report.fit_tables(wrapped) == wrapped
+    long = PANDOC3_TABLE.replace("a & 91.2 \\\\\n", "a & 91.2 \\\\\n" * (report.BOXED_ROWS + 1))
+    assert report.fit_tables(long) == long

@@ -1,0 +1,282 @@
+"""The training engine: config validation, schedules, losses, and fit() on tiny synthetic data.
+
+Everything runs on the CPU with 16x16 synthetic images (a few hundred of them), so that a fit takes
+well under a second or two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarlib import cli, data, train
+from cifarlib.errors import CifarlibError
+from cifarlib.train import TrainConfig
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared, busy CPU OpenMP's spin-waiting
+    threads make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    ds = data.synthetic(n_train=600, n_test=200, size=16, seed=0)
+    return data.split(ds, val_fraction=0.1, seed=0)
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(name="t", dataset="synthetic", epochs=2, batch_size=32, optimizer="adam", lr=1e-3,
+                train_eval_size=200, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def fit(splits, **kw):
+    cfg = tiny(**kw)
+    return train.fit(train.build(cfg, splits), splits, cfg, progress=False)
+
+
+# ---- TrainConfig --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("epochs", 0, ">= 1"),
+    ("lr", -1, "> 0"),
+    ("lr", math.nan, "> 0"),
+    ("optimizer", "rmsprop", "'sgd', 'adam', 'adamw'"),
+    ("scheduler", "linear", "'cosine'"),
+    ("loss", "hinge", "'mse'"),
+    ("precision", "fp8", "'bf16'"),
+    ("device", "gpu", "'cuda:N'"),
+    ("label_smoothing", 1.0, "label_smoothing < 1"),
+    ("batch_size", 0, ">= 1"),
+    ("model", "resnet9000", "'baseline'"),
+    ("epochs", "3", "int"),
+    ("flip", 1, "bool"),
+])
+def test_bad_config_value_names_key_value_and_allowed(key, value, allowed):
+    with pytest.raises(CifarlibError) as err:
+        TrainConfig(**{key: value})
+    msg = str(err.value)
+    assert "\n" not in msg and f"{key}=" in msg and allowed in msg
+
+
+def test_from_dict_refuses_unknown_keys_and_lists_known_ones():
+    with pytest.raises(CifarlibError, match=r"unknown config key\(s\) epoch; known keys: name, model, .*seed"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_config_round_trips_and_normalizes_ints_for_floats():
+    cfg = TrainConfig(lr=1, epochs=3)
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.replace(lr=0.5).lr == 0.5 and cfg.lr == 1.0
+
+
+def test_cross_field_checks():
+    with pytest.raises(CifarlibError, match="nesterov=True needs momentum"):
+        TrainConfig(nesterov=True)
+    with pytest.raises(CifarlibError, match="early_stop_patience needs a validation split"):
+        TrainConfig(val_fraction=0.0, early_stop_patience=3)
+
+
+# ---- schedules and losses ------------------------------------------------------------------------
+
+def test_lr_schedules_per_step():
+    spe = 10  # steps per epoch, 4 epochs = 40 steps
+    warm = TrainConfig(epochs=4, lr=1.0, scheduler="cosine", warmup_epochs=1)
+    assert [train.lr_at(warm, s, spe) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert train.lr_at(warm, 10, spe) == pytest.approx(1.0)  # cosine starts at the peak after warm-up
+    assert train.lr_at(warm, 25, spe) == pytest.approx(0.5)  # half-way through the cosine
+    assert train.lr_at(warm, 39, spe) < 0.01
+    step = TrainConfig(epochs=4, lr=1.0, scheduler="step", step_epochs=2, step_gamma=0.5)
+    assert [train.lr_at(step, s, spe) for s in (0, 19, 20, 39)] == pytest.approx([1, 1, 0.5, 0.5])
+    one = TrainConfig(epochs=4, lr=1.0, scheduler="onecycle")  # 30% up (12 steps), then down to 0
+    lrs = [train.lr_at(one, s, spe) for s in range(40)]
+    assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 11 and lrs[-1] < 0.05
+    assert train.lr_at(TrainConfig(lr=0.3), 123, spe) == 0.3
+
+
+def test_mse_loss_is_softmax_probabilities_against_one_hot():
+    logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    expected = F.mse_loss(logits.softmax(1), F.one_hot(y, 10).float())
+    assert train.sample_losses(logits, y, "mse").mean() == pytest.approx(expected.item(), rel=1e-6)
+    ce = F.cross_entropy(logits, y, label_smoothing=0.1)
+    assert train.sample_losses(logits, y, "cross_entropy", 0.1).mean() == pytest.approx(ce.item(), rel=1e-6)
+
+
+# ---- model building --------------------------------------------------------------------------------
+
+def test_build_is_seeded_takes_shapes_from_data_and_leaves_global_rng_alone(splits):
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a, b = train.build(tiny(seed=1), splits), train.build(tiny(seed=1), splits)
+    assert torch.rand(1) == before  # building did not consume the caller's random numbers
+    c = train.build(tiny(seed=2), splits)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+    assert a(torch.zeros(2, 3, 16, 16)).shape == (2, 10)  # image_size=16 came from the data
+
+
+# ---- fit -----------------------------------------------------------------------------------------
+
+def test_fit_learns_synthetic_data_and_records_history(splits):
+    run = fit(splits, epochs=3)
+    assert run.status == "finished"
+    assert [r["epoch"] for r in run.history] == [1.0, 2.0, 3.0]
+    assert all(list(r) == train.HISTORY_COLUMNS for r in run.history)
+    steps_per_epoch = math.ceil(len(splits.train) / 32)
+    assert [r["step"] for r in run.history] == [steps_per_epoch * k for k in (1, 2, 3)]
+    assert run.history[-1]["examples_seen"] == 3 * len(splits.train)
+    assert run.metrics["final_val_acc"] > 0.8 and run.metrics["final_test_acc"] > 0.8  # chance: 0.1
+    assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
+    m = run.metrics
+    assert m["epochs_run"] == 3 and m["params"] == sum(p.numel() for p in run.model.parameters())
+    assert m["device"] == "cpu" and m["wall_s"] > 0 and m["status"] == "finished"
+    assert m["final_test_acc"] == run.history[-1]["test_acc"]
+    best = min(run.history, key=lambda r: r["val_loss"])
+    assert m["best_val_loss"] == best["val_loss"] and m["best_epoch"] == best["epoch"]
+
+
+def test_eval_every_steps_adds_points_within_epochs(splits):
+    run = fit(splits, epochs=1, eval_every_steps=5, train_eval_size=0)
+    steps = [r["step"] for r in run.history]
+    assert steps == [5, 10, 15, 17]  # 17 steps per epoch: every 5 steps, plus the epoch end
+    assert run.history[0]["epoch"] == pytest.approx(5 / 17)
+    assert math.isnan(run.history[0]["train_loss"])  # train_eval_size=0 skips the train-subset evaluation
+
+
+def _mislabel(s: data.Splits) -> data.Splits:
+    """Validation labels shifted by one class: the better the model learns, the higher the val loss."""
+    wrong = data.ImageSet(s.val.images, (s.val.labels + 1) % len(s.classes))
+    return data.Splits(s.train, wrong, s.test, s.classes, s.mean, s.std, s.identity + "-mislabelled")
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_early_stopping_stops_and_restores_the_best_weights(splits, restore):
+    bad = _mislabel(splits)
+    cfg = tiny(epochs=10, early_stop_patience=2, restore_best=restore)
+    run = train.fit(train.build(cfg, bad), bad, cfg, progress=False)
+    val_losses = [r["val_loss"] for r in run.history]
+    assert run.status == "early_stopped" and run.metrics["epochs_run"] == 3
+    assert val_losses[0] == min(val_losses) and run.metrics["best_epoch"] == 1.0
+    kept = val_losses[0] if restore else val_losses[-1]
+    assert run.metrics["final_val_loss"] == kept and run.metrics["restored_best"] is restore
+    loader = data.Loader(bad.val, 500, bad.mean, bad.std)
+    loss, _ = train.evaluate(run.model, loader, precision=run.metrics["precision"])
+    assert loss == pytest.approx(kept, rel=1e-6)  # the returned weights are those of that evaluation
+
+
+def test_huge_learning_rate_diverges_without_crashing(splits):
+    run = fit(splits, epochs=5, optimizer="sgd", lr=1e6)
+    assert run.status == "diverged" and run.metrics["status"] == "diverged"
+    assert run.metrics["epochs_run"] < 5
+    assert not math.isfinite(run.history[-1]["running_train_loss"])
+
+
+def test_mse_loss_trains(splits):
+    run = fit(splits, epochs=3, loss="mse")
+    assert run.status == "finished" and run.metrics["final_val_acc"] > 0.8
+    assert run.history[-1]["val_loss"] < 0.03  # mse of a uniform guess over 10 classes is 0.09
+
+
+def test_same_seed_same_history_other_seed_differs(splits):
+    def history(seed):
+        run = fit(splits, epochs=1, seed=seed, crop_pad=2, flip=True, eval_every_steps=8)
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in run.history], run.model
+
+    (h1, m1), (h2, m2), (h3, _) = history(0), history(0), history(1)
+    assert h1 == h2 and h1 != h3
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_ctrl_c_returns_interrupted_run_with_partial_history(splits, monkeypatch):
+    real_step, calls = train.train_step, []
+
+    def step_then_interrupt(*args):
+        calls.append(1)
+        if len(calls) == 20:  # in the second epoch (17 steps per epoch)
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", step_then_interrupt)
+    run = fit(splits, epochs=3)
+    assert run.status == "interrupted" and len(run.history) == 1 and run.metrics["steps"] == 19
+
+
+def test_optimizers_schedulers_and_options_run(splits):
+    run = fit(splits, epochs=1, optimizer="adamw", weight_decay=0.05,
+              scheduler="onecycle", label_smoothing=0.1, grad_clip=1.0, cutout=4, tta_flip=True,
+              channels_last=False, precision="fp32")
+    assert run.status == "finished" and run.metrics["precision"] == "fp32"
+    run = fit(splits, epochs=1, optimizer="sgd", lr=0.02, momentum=0.9, nesterov=True, scheduler="cosine",
+              warmup_epochs=0.5)
+    assert run.status == "finished"
+
+
+def test_progress_bar_shows_live_loss_and_can_be_switched_off(splits, capsys, monkeypatch):
+    cfg = tiny(epochs=1)
+    train.fit(train.build(cfg, splits), splits, cfg, progress=True)
+    assert "loss=" in capsys.readouterr().err
+    monkeypatch.setenv("CIFARLIB_PROGRESS", "0")
+    train.fit(train.build(cfg, splits), splits, cfg)
+    assert capsys.readouterr().err == ""
+
+
+# ---- evaluate ------------------------------------------------------------------------------------
+
+class Mirror(nn.Module):
+    """Logits = mean of the left half minus mean of the right half, per class-0/1."""
+
+    def forward(self, x):
+        left, right = x[..., : x.shape[-1] // 2].mean((1, 2, 3)), x[..., x.shape[-1] // 2:].mean((1, 2, 3))
+        return torch.stack([left - right, right - left], dim=1) + 0 * self.w
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+
+def test_evaluate_matches_hand_computation_and_tta_flip_averages_mirrored_logits():
+    x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 0, 1, 0, 1])
+    model = Mirror().train()
+    loss, acc = train.evaluate(model, [(x[:4], y[:4]), (x[4:], y[4:])])
+    logits = model(x)
+    assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    assert acc == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert model.training  # the caller's mode is restored
+    tta_loss, _ = train.evaluate(model, [(x, y)], tta_flip=True)
+    assert tta_loss == pytest.approx(math.log(2), rel=1e-6)  # this model's mirrored logits cancel exactly
+
+
+def test_evaluate_of_an_imageset_needs_normalization(splits):
+    model = train.build(tiny(), splits)
+    with pytest.raises(CifarlibError, match="mean= and std="):
+        train.evaluate(model, splits.val)
+    loss, acc = train.evaluate(model, splits.val, mean=splits.mean, std=splits.std)
+    assert 0 <= acc <= 1 and loss > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_missing_cuda_is_a_clear_error():
+    with pytest.raises(CifarlibError, match="no CUDA GPU"):
+        train.resolve_device("cuda")
+
+
+# ---- bench ---------------------------------------------------------------------------------------
+
+def test_bench_runs_on_synthetic_data_and_reports_speedup(capsys, monkeypatch):
+    monkeypatch.delenv("CIFARLIB_DATA", raising=False)
+    assert cli.main(["bench", "--steps", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "synthetic" in out[0] and any("reference" in line for line in out)
+    assert out[-1].startswith("speedup: ") and out[-1].endswith("x") and float(out[-1][9:-1]) > 0
