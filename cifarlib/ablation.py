@@ -64,19 +64,24 @@ class AblationResult:
     changes: list = field(default_factory=list)  # the Change objects, in the order given
 
 
+def train_seeds(name: str, profile: str = "full", seeds: int = 1, seed: int = 0, data_root=None, runs_dir=None,
+                progress=None, **overrides) -> list:
+    """Run records of experiment ``name`` with seeds ``seed``, ``seed + 1``, ... (``seeds`` of them),
+    each trained now or read back from its cached record. ``overrides`` apply to every seed."""
+    from cifarlib import experiments, runs
+
+    return [runs.train_or_load(experiments.config(name, profile, **{**overrides, "seed": seed + k}),
+                               data_root=data_root, runs_dir=runs_dir, progress=progress) for k in range(seeds)]
+
+
 def run_ablation(changes: Sequence[Change], profile: str = "full", reference: str = "ablation_reference",
                  seed: int = 0, reference_seeds: int = 1, data_root=None, runs_dir=None, progress=None,
                  **overrides) -> AblationResult:
     """Train (or load) the reference with ``reference_seeds`` seeds and each change with ``seed``.
     ``overrides`` (e.g. ``epochs=5, device="cpu"``) apply to every run alike."""
-    from cifarlib import experiments, runs
-
-    def one(name: str, s: int):
-        cfg = experiments.config(name, profile, **{**overrides, "seed": s})
-        return runs.train_or_load(cfg, data_root=data_root, runs_dir=runs_dir, progress=progress)
-
-    refs = [one(reference, seed + k) for k in range(reference_seeds)]
-    variants = {c.name: one(f"ablation_{c.name}", seed) for c in changes}
+    where = dict(profile=profile, data_root=data_root, runs_dir=runs_dir, progress=progress, **overrides)
+    refs = train_seeds(reference, seeds=reference_seeds, seed=seed, **where)
+    variants = {c.name: train_seeds(f"ablation_{c.name}", seeds=1, seed=seed, **where)[0] for c in changes}
     return AblationResult(refs, variants, list(changes))
 
 
@@ -96,7 +101,7 @@ def _acc(item, split: str) -> float:
 def reference_accuracy(result: AblationResult) -> dict:
     """Mean and sample std (0 for one seed) of the reference's validation and test accuracy, in %."""
     frame = pd.DataFrame([{s: _acc(r, s) for s in ("val", "test")} for r in result.reference])
-    std = frame.std(ddof=1).fillna(0.0) if len(frame) > 1 else frame.mean() * 0
+    std = frame.std(ddof=1).fillna(0.0)  # one run: no spread to measure
     return {"runs": len(frame), **{f"{s}_mean": frame[s].mean() for s in frame},
             **{f"{s}_std": std[s] for s in frame}}
 

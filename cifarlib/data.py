@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from cifarlib import paths
 from cifarlib.atomic import atomic_path
@@ -408,22 +409,27 @@ class Loader:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 ENV_VARS = {"cifar10": paths.ENV_DATA, "mnist": paths.ENV_MNIST}  # data root variable per data set
-LAYOUTS = ("an image-folder tree ROOT/{train,test}/<class>/*.png|jpg|jpeg, a .tar.gz/.tgz/.zip of one, "
-           "an official cifar-10-batches-py folder (or its parent), or a torchvision root (ROOT/MNIST/raw)")
+TREE_LAYOUTS = "an image-folder tree ROOT/{train,test}/<class>/*.png|jpg|jpeg or a .tar.gz/.tgz/.zip of one"
+LAYOUTS = {  # what a data root may hold, per data set (for help texts and error messages)
+    "cifar10": f"{TREE_LAYOUTS}, or an official cifar-10-batches-py folder (or its parent)",
+    "mnist": f"{TREE_LAYOUTS}, or a torchvision MNIST root (ROOT/MNIST/raw)",
+}
 CACHE_FORMAT = 1  # bump when the cached payload changes; old cache files are then ignored
 
 
 def _one_line(err) -> str:
-    """An exception's text as one short line, without C++ source locations."""
-    text = re.sub(r"\S+\.(?:cpp|h):\d+,?\s*", "", " ".join(str(err).split()))
-    return text[:160] or type(err).__name__
+    """An exception's text as one short line (the innermost URL error, if any)."""
+    text = " ".join(str(err).split())
+    url_error = re.search(r"<urlopen error (.*?)>", text)
+    text = url_error.group(1) if url_error else text
+    return (text[:157] + "...") if len(text) > 160 else text or type(err).__name__
 
 
 def load(name: str = "cifar10", root=None, download: bool = False, cache_dir=None) -> Dataset:
     """Find, decode (or read from the cache) and return a data set.
 
     ``root`` (default: $CIFARLIB_DATA for cifar10, $CIFARLIB_MNIST_DATA for mnist) may hold any of
-    :data:`LAYOUTS`; the layout is detected. ``download=True`` fetches the official files with
+    ``LAYOUTS[name]``; the layout is detected. ``download=True`` fetches the official files with
     torchvision (checksum-verified) into ``root`` (default ``<cache>/torchvision``) unless root
     already holds data. Decoded tensors are cached under ``cache_dir`` (default
     :func:`cifarlib.paths.cache_dir`), keyed by the source files' names, sizes and modification
@@ -447,7 +453,7 @@ def load(name: str = "cifar10", root=None, download: bool = False, cache_dir=Non
         payload = _decode_source(name, kind, where, cache)
         _write_cache(cache_file, payload)
     return _dataset(name, kind, root, download, payload, {
-        "cache": "hit" if hit else "miss", "cache_file": str(cache_file), "layout": payload["layout"],
+        "cache": "hit" if hit else "miss", "cache_file": str(cache_file), "layout": kind,
         "load_s": round(time.perf_counter() - start, 3)})
 
 
@@ -472,7 +478,7 @@ def _resolve_root(name: str, root, download: bool, cache: Path) -> Path:
         return Path(root).expanduser()
     if download:
         return cache / "torchvision"
-    raise CifarlibError(f"no data root for {name}: pass --data-root PATH (root=...) or set ${env} to {LAYOUTS}; "
+    raise CifarlibError(f"no data root for {name}: pass --data-root PATH (root=...) or set ${env} to {LAYOUTS[name]}; "
                         "or use --download (download=True) on a machine with internet")
 
 
@@ -510,21 +516,21 @@ def _detect(name: str, root: Path) -> tuple[str, Path]:
     found = _find_layout(name, root)
     if found is not None:
         return found
-    env = ENV_VARS[name]
+    env, layouts = ENV_VARS[name], LAYOUTS[name]
     if not root.exists():
-        raise CifarlibError(f"data root {root} does not exist; pass --data-root PATH or set ${env} to {LAYOUTS}")
+        raise CifarlibError(f"data root {root} does not exist; pass --data-root PATH or set ${env} to {layouts}")
     if root.is_file():
-        raise CifarlibError(f"data root {root} is a file but not a .tar.gz/.tgz/.zip archive; accepted: {LAYOUTS}")
+        raise CifarlibError(f"data root {root} is a file but not a .tar.gz/.tgz/.zip archive; accepted: {layouts}")
     entries = _visible(root)
     if not entries:
-        raise CifarlibError(f"data root {root} is empty; put {LAYOUTS} there (or use --download with internet)")
+        raise CifarlibError(f"data root {root} is empty; put {layouts} there (or use --download with internet)")
     names = {p.name for p in entries}
     for have, lack in (("train", "test"), ("test", "train")):
         if have in names and lack not in names:
             raise CifarlibError(f"data root {root} has a {have}/ folder but no {lack}/ folder; "
                                 f"an image-folder tree needs both ROOT/train/<class>/ and ROOT/test/<class>/")
     shown = ", ".join(sorted(names)[:8]) + (", ..." if len(names) > 8 else "")
-    raise CifarlibError(f"data root {root} is not a recognised layout (it holds: {shown}); accepted: {LAYOUTS}")
+    raise CifarlibError(f"data root {root} is not a recognised layout (it holds: {shown}); accepted: {layouts}")
 
 
 def _scan_tree(root: Path) -> dict[str, dict[str, list[os.DirEntry]]]:
@@ -563,7 +569,7 @@ def _decode_source(name: str, kind: str, where: Path, cache: Path) -> dict:
         archive, where = where, _extract_archive(where, cache)
         found = _find_layout(name, where)
         if found is None or found[0] == "image-archive":
-            raise CifarlibError(f"archive {archive} holds no recognised layout; accepted: {LAYOUTS}")
+            raise CifarlibError(f"archive {archive} holds no recognised layout; accepted: {LAYOUTS[name]}")
         kind, where = found
     if kind == "image-folder":
         payload = _decode_tree(where)
@@ -638,36 +644,36 @@ def _decode_tree(root: Path) -> dict:
     return payload
 
 
-def _decode_file(path: str) -> torch.Tensor:
-    """One PNG/JPEG file -> uint8 (3, H, W) (grayscale, palette and alpha images converted to RGB)."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
+def _decode_file(path: str) -> numpy.ndarray:
+    """One PNG/JPEG file -> uint8 (H, W, 3) array; grayscale, palette and alpha images become RGB."""
     try:
-        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as err:
+        with Image.open(path) as image:
+            return numpy.asarray(image.convert("RGB"))
+    except UnidentifiedImageError:
+        raise CifarlibError(f"cannot decode image {path} (not an image format PIL can read); "
+                            "delete or replace the file") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise CifarlibError(f"cannot decode image {path} ({_one_line(err)}); delete or replace the file") from None
-    if image.dtype != torch.uint8:
-        raise CifarlibError(f"image {path} has {image.dtype} pixels; convert it to 8 bits per channel")
-    return image
 
 
-def _decode_chunk(files: list[str]) -> list[torch.Tensor]:
+def _decode_chunk(files: list[str]) -> list[numpy.ndarray]:
     return [_decode_file(f) for f in files]
 
 
 def _decode_files(files: list[str]) -> torch.Tensor:
-    """Decode image files in parallel threads -> uint8 (N, C, H, W); C = 1 when every image is gray."""
+    """Decode image files (PIL, threads overlap the reads) -> uint8 (N, C, H, W); C = 1 when every
+    image is gray (all three channels equal), else 3."""
     chunks = [files[i:i + 512] for i in range(0, len(files), 512)]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         images = [image for part in pool.map(_decode_chunk, chunks) for image in part]
-    height, width = images[0].shape[1:]
+    height, width = images[0].shape[:2]
     for path, image in zip(files, images):
-        if image.shape[1:] != (height, width):
-            raise CifarlibError(f"images of mixed sizes: {path} is {image.shape[1]}x{image.shape[2]} but {files[0]} "
+        if image.shape[:2] != (height, width):
+            raise CifarlibError(f"images of mixed sizes: {path} is {image.shape[0]}x{image.shape[1]} but {files[0]} "
                                 f"is {height}x{width} (height x width); resize all images to one size")
-    stacked = torch.stack(images)
+    stacked = torch.from_numpy(numpy.stack(images)).permute(0, 3, 1, 2)  # (N, 3, H, W) view
     gray = torch.equal(stacked[:, 0], stacked[:, 1]) and torch.equal(stacked[:, 1], stacked[:, 2])
-    return stacked[:, :1].clone() if gray else stacked
+    return stacked[:, :1].contiguous() if gray else stacked.contiguous()
 
 
 def _content_hash(payload: dict) -> str:
@@ -752,7 +758,7 @@ def _download(name: str, root: Path) -> None:
             dataset(str(root), train=train, download=True)
     except (OSError, RuntimeError) as err:  # urllib.error.URLError is an OSError
         raise CifarlibError(f"cannot download {name} ({_one_line(err)}); this machine looks offline: point at local "
-                            f"data with --data-root PATH or ${ENV_VARS[name]} ({LAYOUTS})") from None
+                            f"data with --data-root PATH or ${ENV_VARS[name]} ({LAYOUTS[name]})") from None
 
 
 # ----------------------------------------------------------------------------- cache
@@ -789,7 +795,7 @@ def describe(ds: Dataset) -> str:
     c, h, w = ds.train.images.shape[1:]
     train_counts = class_counts(ds.train.labels, len(ds.classes))
     test_counts = class_counts(ds.test.labels, len(ds.classes))
-    width = max(len(c) for c in ds.classes)
+    width = max(len("class"), *(len(c) for c in ds.classes))
     lines = [f"dataset   {ds.name} (source: {ds.source}, layout: {ds.info.get('layout', ds.source)})",
              f"root      {ds.root}",
              f"images    {c} x {h} x {w} (channels x height x width), uint8",
@@ -810,7 +816,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--dataset", choices=["cifar10", "mnist"], default="cifar10")
     parser.add_argument("--data-root", default=None,
                         help=f"data root (default: ${paths.ENV_DATA} for cifar10, ${paths.ENV_MNIST} for mnist); "
-                             f"accepted: {LAYOUTS}")
+                             f"cifar10: {LAYOUTS['cifar10']}; mnist: {LAYOUTS['mnist']}")
     parser.add_argument("--download", action="store_true", help="fetch the official files with torchvision if missing")
     parser.add_argument("--cache-dir", default=None, help=f"decoded-tensor cache (default: ${paths.ENV_CACHE} "
                                                           "or ~/.cache/cifarlib); safe to delete")
@@ -818,8 +824,8 @@ def cli(argv: list[str]) -> int:
     ds = load(args.dataset, args.data_root, download=args.download, cache_dir=args.cache_dir)
     warm = load(args.dataset, ds.root, cache_dir=args.cache_dir)
     first = "cold (cache miss: decoded the source)" if ds.info["cache"] == "miss" else "warm (cache hit)"
+    second = "warm (cache hit)" if warm.info["cache"] == "hit" else "cache miss again: is the cache writable?"
     print(describe(ds))
-    print(f"load      {ds.info['load_s']:.2f} s {first}; second load {warm.info['load_s']:.2f} s "
-          f"({'warm (cache hit)' if warm.info['cache'] == 'hit' else 'cache miss again: is the cache writable?'})")
+    print(f"load      {ds.info['load_s']:.2f} s {first}; second load {warm.info['load_s']:.2f} s {second}")
     print(f"cache     {ds.info['cache_file']}")
     return 0

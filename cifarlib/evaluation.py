@@ -133,3 +133,22 @@ def forward_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
             h.remove()
         model.train(training)
     return total // input_size[0]
+
+
+def cost_table(groups) -> pd.DataFrame:
+    """One row per model (``groups``: label -> run records of its seeds): parameters, forward
+    multiply-accumulates per 32x32 image, and the recorded wall time per run and per epoch
+    (training plus the per-epoch evaluations), with the device it ran on."""
+    rows = []
+    for label, records in groups.items():
+        rec = records[0]
+        model = rec.load_model()
+        walls = [r.metrics["wall_s"] for r in records]
+        epochs = [r.metrics["epochs_run"] for r in records]
+        rows.append({"model": label, "parameters": sum(p.numel() for p in model.parameters()),
+                     "MMACs / image": forward_macs(model) / 1e6, "runs": len(records),
+                     "wall per run (min)": sum(walls) / len(walls) / 60,
+                     "s per epoch": sum(w / e for w, e in zip(walls, epochs)) / len(walls),
+                     "device": f"{rec.metrics['device']} ({rec.metrics['precision']}, "
+                               f"{rec.env.get('threads', '?')} threads)"})
+    return pd.DataFrame(rows)

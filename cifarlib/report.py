@@ -562,24 +562,87 @@ def assemble(parts: list[Part], info: dict, runs: list, source: str):
 # ---- export ---------------------------------------------------------------------------------------
 
 LONGTABLE = re.compile(r"\\begin\{longtable\}\[\]\{(?P<spec>.*?)\}\n(?P<body>.*?)\\end\{longtable\}", re.S)
-BOXED_ROWS = 40  # a table this short fits on a page, so it can be one box scaled to the text width
-LINE_CHARS = 95  # characters of small-size text across the text width, roughly
-WRAP_CHARS = 24  # in a table too wide for the page, text columns with longer cells wrap
 TABLE_MARKERS = ("\\endhead", "\\endfirsthead", "\\endfoot", "\\endlastfoot", "\\caption")
+TEXT_WIDTH_PT = 465.0  # A4 less the template's margins (2 x 2.3 cm)
+FONTS = (("\\small", 10.0), ("\\footnotesize", 9.0), ("\\scriptsize", 8.0))  # sizes in an 11pt document
+CHAR_EM = 0.5  # an average character (a digit is exactly 0.5 em)
+GAP_EM = 1.2  # the space between two columns
+WRAP_CHARS = 24  # cells longer than this may wrap at spaces first; shorter ones only as a last resort
+BOXED_ROWS = 30  # a table too wide even when wrapped is scaled down in a box if it is this short
 
 
 def fit_tables(latex: str) -> str:
-    """Pandoc's natural-width longtables made to fit the text width: a table too wide wraps its long
-    text columns (tabularx), or else is scaled down (a wide table otherwise runs off the page, or with
-    pandoc's wrapped columns overprints itself). Tables pandoc already wraps (``p{}`` columns) or
-    too long for one page stay longtables."""
-    return LONGTABLE.sub(_boxed_table, latex)
+    """Pandoc's natural-width tables made to fit the text width: a table too wide wraps its headers
+    and long cells, in a smaller type if need be (numbers never wrap); one still too wide is scaled
+    down in a box. Without this a wide table runs off the page (or, with pandoc's own wrapped
+    columns, overprints itself). Tables pandoc already wraps (``p{}`` columns) are left alone."""
+    return LONGTABLE.sub(_fit_table, latex)
 
 
-def _boxed_table(found: re.Match) -> str:
-    spec, lines = found["spec"], found["body"].splitlines()
-    if "p{" in found.group(0).split("\\toprule", 1)[0] or len(lines) > BOXED_ROWS:
-        return found.group(0)
+def _fit_table(found: re.Match) -> str:
+    table, spec, lines = found.group(0), found["spec"], found["body"].splitlines()
+    if "p{" in table.split("\\toprule", 1)[0]:
+        return table
+    layout = _layout(spec, lines)
+    if layout is None:
+        return table
+    font, columns, fits = layout
+    if fits or sum(ln.endswith("\\\\") for ln in lines) > BOXED_ROWS:  # a longtable breaks across pages
+        return f"{{{font}\n" + table.replace(f"[]{{{spec}}}", f"[]{{{columns}}}", 1) + "\n}"
+    return _boxed(lines, columns, font)
+
+
+def _layout(spec: str, lines: list[str]) -> tuple[str, str, bool] | None:
+    """(font, column spec, whether it fits) for a table too wide for the page; None when it fits as
+    it is. Tried in order: long cells wrap, at three type sizes; then every cell may wrap."""
+    align = re.fullmatch(r"@\{\}([lcr]+)@\{\}", spec)
+    columns = _column_widths(lines)
+    if not align or len(columns) != len(align[1]):
+        return None
+    natural = [c[0] for c in columns]
+    if sum(natural) <= _room(FONTS[0][1], len(columns)):
+        return None
+    tries = [(font, 1) for font in FONTS] + [(font, 2) for font in FONTS[1:]]
+    for (font, size), level in tries:
+        least, room = [c[level] for c in columns], _room(size, len(columns))
+        if sum(least) <= room:
+            return font, _wrapping_spec(align[1], natural, least, room), True
+    return font, _wrapping_spec(align[1], natural, least, sum(least)), False
+
+
+def _room(size_pt: float, n_columns: int) -> float:
+    """Characters that fit across the text width at this type size, less the gaps between columns."""
+    return (TEXT_WIDTH_PT / size_pt - GAP_EM * (n_columns - 1)) / CHAR_EM
+
+
+def _wrapping_spec(align: str, natural: list[int], least: list[int], room: float) -> str:
+    """Columns of at least ``least`` characters; those that want more share what is left of ``room``."""
+    spare, want = max(0.0, room - sum(least)), [n - m for n, m in zip(natural, least)]
+    widths = [m + min(w, spare * w / max(1, sum(want))) for m, w in zip(least, want)]
+    edge = {"l": "\\raggedright", "r": "\\raggedleft", "c": "\\centering"}
+    return "@{}" + "".join(f">{{{edge[a]}\\arraybackslash}}p{{{w * CHAR_EM:.2f}em}}"
+                           for a, w in zip(align, widths)) + "@{}"
+
+
+def _column_widths(lines: list[str]) -> list[tuple[int, int, int]]:
+    """Per column, in characters: the longest cell; the least width when headers and long cells
+    wrap at spaces; the least width when every cell may wrap."""
+    head_end = next((i for i, line in enumerate(lines) if line.startswith("\\midrule")), 0)
+    columns: list[list[tuple[int, int, int]]] = []
+    for i, line in enumerate(lines):
+        if not line.rstrip().endswith("\\\\"):
+            continue
+        for k, cell in enumerate(line.rstrip().rstrip("\\").split(" & ")):
+            text = re.sub(r"\\[a-zA-Z]+|[{}\\]", "", cell).strip()
+            word = max(map(len, text.split()), default=0)
+            wraps = i < head_end or len(text) > WRAP_CHARS
+            columns += [[] for _ in range(k + 1 - len(columns))]
+            columns[k].append((len(text), word if wraps else len(text), word))
+    return [tuple(max(c[j] for c in col) for j in range(3)) for col in columns]
+
+
+def _boxed(lines: list[str], columns: str, font: str) -> str:
+    """The longtable's rows as a tabular in a box scaled down to the text width."""
     if "\\endfirsthead" in lines:  # the head repeated on continuation pages: one box has none
         lines = lines[: lines.index("\\endfirsthead")] + lines[lines.index("\\endhead"):]
     foot = []
@@ -589,36 +652,8 @@ def _boxed_table(found: re.Match) -> str:
     caption = [ln.replace("\\tabularnewline", "").replace("\\caption", "\\captionof{table}", 1)
                for ln in lines if ln.startswith("\\caption")]
     rows = [ln for ln in lines if not ln.startswith(TABLE_MARKERS)] + foot
-    wrapped = _wrapped_spec(spec, rows)
-    if wrapped:
-        table = [f"\\begin{{tabularx}}{{\\linewidth}}{{{wrapped}}}", *rows, "\\end{tabularx}"]
-    else:
-        table = ["\\begin{adjustbox}{max width=\\linewidth}", f"\\begin{{tabular}}{{{spec}}}", *rows,
-                 "\\end{tabular}", "\\end{adjustbox}"]
-    return "\n".join(["\\begin{center}\\small", *caption, *table, "\\end{center}"])
-
-
-def _wrapped_spec(spec: str, rows: list[str]) -> str | None:
-    """For a table too wide for the page: its spec with the long text columns as wrapping tabularx
-    columns; None when it fits, or has no such column (then it is scaled down instead)."""
-    letters = re.fullmatch(r"@\{\}([lcr]+)@\{\}", spec)
-    widths = _column_chars(rows)
-    if not letters or len(widths) != len(letters[1]) or sum(widths) + 2 * len(widths) <= LINE_CHARS:
-        return None
-    wrap = [a == "l" and w > WRAP_CHARS for a, w in zip(letters[1], widths)]
-    fixed = sum(w + 2 for w, x in zip(widths, wrap) if not x)
-    if not any(wrap) or fixed > LINE_CHARS - WRAP_CHARS:  # no room left for the wrapped ones: scale
-        return None
-    return "@{}" + "".join(">{\\raggedright\\arraybackslash}X" if x else a for a, x in zip(letters[1], wrap)) + "@{}"
-
-
-def _column_chars(rows: list[str]) -> list[int]:
-    """The longest cell of each column, in characters of text (LaTeX commands not counted)."""
-    cells = [ln.rstrip("\\ ").split(" & ") for ln in rows if ln.rstrip().endswith("\\\\")]
-    if not cells:
-        return []
-    size = [[len(re.sub(r"\\[a-zA-Z]+|[{}\\]", "", c).strip()) for c in row] for row in cells]
-    return [max(row[i] for row in size if i < len(row)) for i in range(max(map(len, size)))]
+    return "\n".join([f"\\begin{{center}}{font}", *caption, "\\begin{adjustbox}{max width=\\linewidth}",
+                      f"\\begin{{tabular}}{{{columns}}}", *rows, "\\end{tabular}", "\\end{adjustbox}", "\\end{center}"])
 
 
 def _exporter(kind: str):

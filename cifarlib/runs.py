@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from cifarlib import atomic, data, paths, train
+from cifarlib import atomic, data, models, paths, train
 from cifarlib.errors import CifarlibError
 
 DONE = "DONE"  # completion marker, written last: a folder without it is never taken as finished
@@ -121,7 +121,7 @@ class RunRecord:
         """The saved weights in ``model`` (default: a fresh model built from the record's config)."""
         if model is None:
             kw = self.metrics.get("model_build_kw", self.config.model_kw)
-            model = train.models.build_model(self.config.model, **kw)
+            model = models.build_model(self.config.model, **kw)
         return load_weights(model, self.dir / "model.pt", saved_model=self.config.model).to(device)
 
     def summary(self) -> dict:

@@ -356,6 +356,9 @@ def evaluate(model: nn.Module, loader, device=None, tta_flip: bool = False, loss
 
 @dataclass
 class Run:
+    """What ``fit`` returns: the status, one history row per evaluation point, the summary metrics
+    and the trained model (on the training device)."""
+
     config: TrainConfig
     status: str
     history: list[dict]
@@ -379,6 +382,15 @@ def _loaders(splits: Splits, cfg: TrainConfig, device: torch.device):
     evals = {"train": train_eval_subset(splits.train, cfg.train_eval_size, cfg.split_seed),
              "val": splits.val, "test": splits.test}
     return train, {k: Loader(v, cfg.eval_batch_size, **common) for k, v in evals.items()}
+
+
+def _evaluate_splits(net, loaders: dict, cfg: TrainConfig, precision: str) -> dict:
+    """{"train_loss": ..., "train_acc": ..., "val_loss": ..., ...} for the fixed train subset, val and test."""
+    out = {}
+    for split, loader in loaders.items():
+        out[f"{split}_loss"], out[f"{split}_acc"] = evaluate(net, loader, loader.device, cfg.tta_flip, cfg.loss,
+                                                             precision)
+    return out
 
 
 def _batches(loader, epochs: int):
@@ -413,6 +425,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    if len(splits.train) == 0:
+        raise CifarlibError("the training split is empty; select more images (train_per_class) or a smaller val_size")
     if cfg.early_stop_patience and len(splits.val) == 0:
         raise CifarlibError("early stopping needs validation images; set val_fraction > 0 or early_stop_patience=None")
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
@@ -452,13 +466,11 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
                 if not at_eval and status == "finished":
                     continue
                 row = {"epoch": step / steps_per_epoch, "step": step, "examples_seen": seen, "lr": lr,
-                       "running_train_loss": running[0], "running_train_acc": running[1]}
-                for split, loader in eval_loaders.items():
-                    row[f"{split}_loss"], row[f"{split}_acc"] = evaluate(
-                        net, loader, device, cfg.tta_flip, cfg.loss, precision)
-                row["wall_s"] = time.perf_counter() - start
+                       "running_train_loss": running[0], "running_train_acc": running[1],
+                       **_evaluate_splits(net, eval_loaders, cfg, precision), "wall_s": time.perf_counter() - start}
                 history.append({k: row[k] for k in HISTORY_COLUMNS})
-                run_loss.zero_(), run_correct.zero_()
+                run_loss.zero_()
+                run_correct.zero_()
                 run_n = 0
                 bar.set_postfix(loss=f"{running[0]:.3f}", val_loss=f"{row['val_loss']:.3f}",
                                 val_acc=f"{row['val_acc']:.3f}")

@@ -3,12 +3,27 @@ the decoded-tensor cache, error messages and the CLI. Real-data tests are marked
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import shutil
+import struct
+import tarfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
+from PIL import Image
 from torch import nn
 
 from cifarlib import data as D
+from cifarlib import paths
+from cifarlib.cli import main as cli_main
 from cifarlib.errors import CifarlibError
 
 
@@ -248,3 +263,338 @@ def test_loader_channels_last_dtype_and_mean_length_check(small):
     assert y.dtype == torch.int64
     with pytest.raises(CifarlibError, match="one value per channel"):
         D.Loader(small.train, 16, (0.5,), (0.25,))
+
+
+# ----------------------------------------------------------------------------- tiny image trees
+
+def write_tree(root: Path, classes=("cat", "dog"), n_train=3, n_test=2, size=(6, 8), mode="RGB",
+               ext="png", seed=0) -> dict[str, list[np.ndarray]]:
+    """Write ROOT/{train,test}/<class>/<i>.<ext> with PIL; return the pixel arrays per split in the
+    order a loader must produce them (class folders sorted, then file names sorted)."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    written = {"train": [], "test": []}
+    for split_name, n in (("train", n_train), ("test", n_test)):
+        for cls in sorted(classes):
+            folder = root / split_name / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                shape = (h, w, 3) if mode == "RGB" else (h, w)
+                pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+                Image.fromarray(pixels, mode).save(folder / f"{i:03d}.{ext}")
+                written[split_name].append(pixels)
+    return written
+
+
+def as_chw(arrays: list[np.ndarray]) -> torch.Tensor:
+    t = torch.from_numpy(np.stack(arrays))
+    return t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None]
+
+
+def one_line_error(excinfo) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message and len(message) < 600, message
+    return message
+
+
+def test_png_tree_loads_exact_pixels_labels_and_classes(tmp_path):
+    written = write_tree(tmp_path / "data", classes=("dog", "cat", "bird"))
+    ds = D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert ds.source == "image-folder" and ds.classes == ["bird", "cat", "dog"]
+    assert ds.train.images.dtype == torch.uint8 and ds.train.images.shape == (9, 3, 6, 8)
+    assert torch.equal(ds.train.images, as_chw(written["train"]))
+    assert torch.equal(ds.test.images, as_chw(written["test"]))
+    assert ds.train.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and ds.test.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert ds.info["cache"] == "miss" and ds.info["train_per_class"] == [3, 3, 3]
+
+
+def test_grayscale_png_and_jpeg_trees_give_one_channel(tmp_path):
+    written = write_tree(tmp_path / "png", mode="L", size=(5, 5))
+    ds = D.load("mnist", root=tmp_path / "png", cache_dir=tmp_path / "cache")
+    assert ds.train.images.shape == (6, 1, 5, 5)
+    assert torch.equal(ds.train.images, as_chw(written["train"]))
+    write_tree(tmp_path / "jpg", mode="L", size=(8, 8), ext="jpg")
+    assert D.load("mnist", root=tmp_path / "jpg", cache_dir=tmp_path / "cache").test.images.shape == (4, 1, 8, 8)
+
+
+def test_jpeg_tree_matches_pil_decoding(tmp_path):
+    write_tree(tmp_path / "data", size=(16, 16), ext="jpeg")
+    ds = D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    files = sorted((tmp_path / "data" / "train").glob("*/*.jpeg"))
+    want = as_chw([np.asarray(Image.open(f).convert("RGB")) for f in files]).int()
+    assert (ds.train.images.int() - want).abs().max() <= 2
+
+
+def test_cache_hit_then_invalidated_by_a_changed_file(tmp_path):
+    write_tree(tmp_path / "data")
+    cache = tmp_path / "cache"
+    first = D.load("cifar10", root=tmp_path / "data", cache_dir=cache)
+    second = D.load("cifar10", root=tmp_path / "data", cache_dir=cache)
+    assert (first.info["cache"], second.info["cache"]) == ("miss", "hit")
+    assert torch.equal(first.train.images, second.train.images) and first.identity == second.identity
+    changed = tmp_path / "data" / "train" / "cat" / "000.png"
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(changed)
+    os.utime(changed, ns=(1, 1))  # a different mtime even on coarse-clock file systems
+    third = D.load("cifar10", root=tmp_path / "data", cache_dir=cache)
+    assert third.info["cache"] == "miss" and third.identity != first.identity
+    assert third.train.images[0].sum() == 0
+    assert len(list((cache / "data").glob("*.pt"))) == 1  # the stale cache file was replaced
+    shutil.rmtree(cache)  # safe to delete
+    assert D.load("cifar10", root=tmp_path / "data", cache_dir=cache).identity == third.identity
+
+
+def test_identity_depends_on_content_not_location(tmp_path):
+    write_tree(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    a = D.load("cifar10", root=tmp_path / "a", cache_dir=tmp_path / "cache")
+    b = D.load("cifar10", root=tmp_path / "b", cache_dir=tmp_path / "cache")
+    assert a.identity == b.identity and b.info["cache"] == "miss"
+
+
+def test_root_from_environment_variables(tmp_path, monkeypatch):
+    write_tree(tmp_path / "c10", classes=("a", "b"))
+    write_tree(tmp_path / "mn", classes=("0", "1", "2"), mode="L")
+    monkeypatch.setenv(paths.ENV_DATA, str(tmp_path / "c10"))
+    monkeypatch.setenv(paths.ENV_MNIST, str(tmp_path / "mn"))
+    assert D.load("cifar10", cache_dir=tmp_path / "cache").classes == ["a", "b"]
+    assert D.load("mnist", cache_dir=tmp_path / "cache").classes == ["0", "1", "2"]
+    monkeypatch.delenv(paths.ENV_DATA)
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", cache_dir=tmp_path / "cache")
+    assert "--data-root" in one_line_error(excinfo) and "$CIFARLIB_DATA" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "tgz", "zip"])
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_archive_of_a_tree_is_extracted_once(tmp_path, fmt, wrapped):
+    tree = tmp_path / "src" / "mydata"
+    written = write_tree(tree, mode="L")
+    archive = tmp_path / f"mydata.{fmt}"
+    top = tree.parent if wrapped else tree
+    if fmt == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for f in sorted(top.rglob("*")):
+                zf.write(f, f.relative_to(top))
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            for f in sorted(top.iterdir()):
+                tf.add(f, f.name)
+    cache = tmp_path / "cache"
+    ds = D.load("mnist", root=archive, cache_dir=cache)
+    assert torch.equal(ds.train.images, as_chw(written["train"])) and ds.info["layout"] == "image-archive"
+    extracted = list((cache / "extracted").iterdir())
+    assert len(extracted) == 1
+    stamp = extracted[0].stat().st_mtime_ns
+    assert D.load("mnist", root=archive, cache_dir=cache).info["cache"] == "hit"
+    shutil.rmtree(cache / "data")  # decoded cache gone: decode again from the extracted folder
+    again = D.load("mnist", root=archive, cache_dir=cache)
+    assert again.identity == ds.identity and list((cache / "extracted").iterdir()) == extracted
+    assert extracted[0].stat().st_mtime_ns == stamp
+
+
+def test_download_skipped_when_root_has_data_and_offline_error_otherwise(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    write_tree(tmp_path / "data")
+    assert len(D.load("cifar10", root=tmp_path / "data", download=True, cache_dir=tmp_path / "c").train) == 6
+    for name in ("cifar10", "mnist"):
+        with pytest.raises(CifarlibError) as excinfo:
+            D.load(name, root=tmp_path / f"dl-{name}", download=True, cache_dir=tmp_path / "c")
+        message = one_line_error(excinfo)
+        assert "offline" in message and "--data-root" in message and "cannot download" in message
+
+
+# ----------------------------------------------------------------------------- official formats
+
+def write_cifar_batches(folder: Path, rows_per_batch=4, seed=0) -> dict:
+    """Fake cifar-10-batches-py: the official pickle format, fewer rows. Returns the MD5 list."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    md5s = {"train": [], "test": [], "meta": []}
+    names = [("train", f"data_batch_{i}") for i in range(1, 6)] + [("test", "test_batch")]
+    for part, name in names:
+        batch = {"data": rng.integers(0, 256, (rows_per_batch, 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, rows_per_batch).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+        md5s[part].append((name, hashlib.md5((folder / name).read_bytes()).hexdigest()))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": D.CIFAR10_CLASSES}))
+    md5s["meta"].append(("batches.meta", hashlib.md5((folder / "batches.meta").read_bytes()).hexdigest()))
+    return md5s
+
+
+def test_official_batches_load_and_verify(tmp_path, monkeypatch):
+    md5s = write_cifar_batches(tmp_path / "root" / "cifar-10-batches-py")
+    monkeypatch.setattr(D, "_cifar_batch_md5", lambda: md5s)
+    ds = D.load("cifar10", root=tmp_path / "root", cache_dir=tmp_path / "cache")
+    assert ds.source == "cifar-batches" and ds.classes == D.CIFAR10_CLASSES
+    assert ds.train.images.shape == (20, 3, 32, 32) and ds.test.images.shape == (4, 3, 32, 32)
+    batch = pickle.loads((tmp_path / "root" / "cifar-10-batches-py" / "data_batch_2").read_bytes())
+    assert torch.equal(ds.train.images[4:8].reshape(4, -1), torch.from_numpy(batch["data"]))
+    assert ds.train.labels[4:8].tolist() == batch["labels"]
+
+
+def test_official_batches_truncated_or_wrong_checksum(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-10-batches-py"
+    md5s = write_cifar_batches(folder)
+    monkeypatch.setattr(D, "_cifar_batch_md5", lambda: md5s)
+    data = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=folder, cache_dir=tmp_path / "cache")
+    message = one_line_error(excinfo)
+    assert "data_batch_3" in message and "MD5" in message and "truncated" in message and "download" in message
+    (folder / "data_batch_3").write_bytes(data)
+    (folder / "test_batch").unlink()
+    with pytest.raises(CifarlibError, match="lacks test_batch"):
+        D.load("cifar10", root=folder, cache_dir=tmp_path / "cache")
+    monkeypatch.undo()  # the real MD5 list: these fake files fail it
+    write_cifar_batches(tmp_path / "other" / "cifar-10-batches-py")
+    with pytest.raises(CifarlibError, match="fails its MD5 check"):
+        D.load("cifar10", root=tmp_path / "other", cache_dir=tmp_path / "cache")
+
+
+def write_mnist_raw(root: Path, n_train=5, n_test=3, seed=0) -> None:
+    """Fake torchvision MNIST root: ROOT/MNIST/raw/*-ubyte in the IDX format."""
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+
+
+def test_torchvision_mnist_root(tmp_path):
+    write_mnist_raw(tmp_path / "tv")
+    ds = D.load("mnist", root=tmp_path / "tv", cache_dir=tmp_path / "cache")
+    assert ds.source == "torchvision" and ds.classes == D.MNIST_CLASSES
+    assert ds.train.images.shape == (5, 1, 28, 28) and ds.test.images.shape == (3, 1, 28, 28)
+    raw = (tmp_path / "tv" / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()[16:]
+    assert torch.equal(ds.test.images.reshape(-1), torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_missing_empty_and_unrecognised_roots(tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "nope", cache_dir=cache)
+    assert "does not exist" in one_line_error(excinfo) and "--data-root" in str(excinfo.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "empty", cache_dir=cache)
+    assert "is empty" in one_line_error(excinfo)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "notes.txt").write_text("x")
+    (tmp_path / "odd" / "images").mkdir()
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "odd", cache_dir=cache)
+    message = one_line_error(excinfo)
+    assert "not a recognised layout" in message and "notes.txt" in message
+    assert "ROOT/{train,test}/<class>" in message and "cifar-10-batches-py" in message and ".tar.gz" in message
+    with pytest.raises(CifarlibError, match="not a .tar.gz/.tgz/.zip archive"):
+        D.load("cifar10", root=tmp_path / "odd" / "notes.txt", cache_dir=cache)
+    (tmp_path / "bad.tar.gz").write_bytes(b"not really gzip")
+    with pytest.raises(CifarlibError, match="cannot extract archive .*bad.tar.gz"):
+        D.load("cifar10", root=tmp_path / "bad.tar.gz", cache_dir=cache)
+    with pytest.raises(CifarlibError, match="unknown dataset"):
+        D.load("imagenet", root=tmp_path)
+
+
+def test_train_without_test_folder(tmp_path):
+    write_tree(tmp_path / "data")
+    shutil.rmtree(tmp_path / "data" / "test")
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert "no test/ folder" in one_line_error(excinfo)
+
+
+def test_train_and_test_class_folders_differ(tmp_path):
+    write_tree(tmp_path / "data", classes=("cat", "dog"))
+    (tmp_path / "data" / "train" / "bird").mkdir()
+    Image.new("RGB", (8, 6)).save(tmp_path / "data" / "train" / "bird" / "x.png")
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    message = one_line_error(excinfo)
+    assert "class folders differ" in message and "only in train: bird" in message and "only in test: none" in message
+
+
+def test_class_folder_without_images(tmp_path):
+    write_tree(tmp_path / "data")
+    for f in (tmp_path / "data" / "test" / "dog").iterdir():
+        f.rename(f.with_suffix(".txt"))
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    message = one_line_error(excinfo)
+    assert "has no images" in message and str(Path("test") / "dog") in message
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated-jpeg", "empty"])
+def test_corrupt_image_is_named(tmp_path, damage):
+    write_tree(tmp_path / "data", ext="jpg", size=(16, 16))
+    bad = tmp_path / "data" / "train" / "dog" / "001.jpg"
+    data = bad.read_bytes()
+    bad.write_bytes({"garbage": b"this is not an image" * 5, "truncated-jpeg": data[: len(data) // 2],
+                     "empty": b""}[damage])
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    message = one_line_error(excinfo)
+    assert "cannot decode image" in message and str(bad) in message and "replace" in message
+
+
+def test_mixed_image_sizes_name_file_and_both_sizes(tmp_path):
+    write_tree(tmp_path / "data", size=(6, 8))
+    odd = tmp_path / "data" / "test" / "cat" / "001.png"
+    Image.new("RGB", (9, 7)).save(odd)  # PIL takes (width, height)
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    message = one_line_error(excinfo)
+    assert "mixed sizes" in message and str(odd) in message and "7x9" in message and "6x8" in message
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_prints_summary_and_cold_then_warm(tmp_path, capsys):
+    write_tree(tmp_path / "data", classes=("cat", "dog"), n_train=3, n_test=2)
+    assert D.cli(["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "image-folder" in out and str(tmp_path / "data") in out and "3 x 6 x 8" in out
+    assert "cold (cache miss" in out and "warm (cache hit)" in out
+    assert "train 6" in out and "test 4" in out
+    cat_row = next(line for line in out.splitlines() if line.split()[:1] == ["cat"])
+    assert cat_row.split()[1:] == ["3", "2"]
+    assert D.cli(["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "s warm (cache hit); second load" in capsys.readouterr().out
+
+
+def test_cli_error_is_one_line_with_exit_status_2(tmp_path, capsys):
+    assert cli_main(["data", "--data-root", str(tmp_path / "missing"), "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data root") and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- real data
+
+@pytest.mark.realdata
+def test_real_cifar10(real_cifar10):
+    ds = real_cifar10
+    assert ds.classes == D.CIFAR10_CLASSES
+    assert ds.train.images.shape == (50_000, 3, 32, 32) and ds.test.images.shape == (10_000, 3, 32, 32)
+    assert ds.info["train_per_class"] == [5000] * 10 and ds.info["test_per_class"] == [1000] * 10
+    sp = D.split(ds, 0.1, seed=0)
+    assert len(sp.train) == 45_000 and len(sp.val) == 5_000
+    assert all(0.4 < m < 0.55 for m in sp.mean) and all(0.2 < s < 0.3 for s in sp.std)
+
+
+@pytest.mark.realdata
+def test_real_mnist(real_mnist):
+    ds = real_mnist
+    assert ds.classes == D.MNIST_CLASSES
+    assert ds.train.images.shape == (60_000, 1, 28, 28) and ds.test.images.shape == (10_000, 1, 28, 28)
+    assert sum(ds.info["train_per_class"]) == 60_000 and min(ds.info["train_per_class"]) > 5000
+    sp = D.split(ds, val_size=10_000, seed=0)
+    assert len(sp.train) == 50_000 and len(sp.val) == 10_000
+    assert 0.1 < sp.mean[0] < 0.15 and 0.28 < sp.std[0] < 0.33

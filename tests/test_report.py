@@ -7,6 +7,7 @@ they take seconds; one slow test builds the real quick report from notebooks/.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -316,45 +317,50 @@ def test_real_quick_report(tmp_path):
     assert pdf_figures(out / "report.pdf") >= 1
 
 
-PANDOC2_TABLE = r"""\begin{longtable}[]{@{}lr@{}}
-\caption{results}\tabularnewline
-\toprule
-model & acc \\
-\midrule
-\endfirsthead
-\toprule
-model & acc \\
-\midrule
-\endhead
-a & 91.2 \\
-\bottomrule
-\end{longtable}"""
-
-PANDOC3_TABLE = r"""\begin{longtable}[]{@{}lr@{}}
-\toprule\noalign{}
-model & acc \\
-\midrule\noalign{}
-\endhead
-\bottomrule\noalign{}
-\endlastfoot
-a & 91.2 \\
-\end{longtable}"""
+def longtable(header: list[str], rows: list[list[str]], pandoc3: bool = False, caption: str = "") -> str:
+    """A table as pandoc 2 or 3 writes a pipe table: natural-width columns, text left, numbers right."""
+    spec = "@{}" + "".join("r" if cell[:1].isdigit() else "l" for cell in rows[0]) + "@{}"
+    rule = "\\noalign{}" if pandoc3 else ""
+    head = [f"\\toprule{rule}", " & ".join(header) + " \\\\", f"\\midrule{rule}"]
+    body = [" & ".join(r) + " \\\\" for r in rows]
+    lines = [f"\\caption{{{caption}}}\\tabularnewline"] if caption else []
+    lines += head + (["\\endfirsthead"] + head if caption else []) + ["\\endhead"]
+    if pandoc3:
+        lines += [f"\\bottomrule{rule}", "\\endlastfoot", *body]
+    else:
+        lines += [*body, "\\bottomrule"]
+    return "\n".join([f"\\begin{{longtable}}[]{{{spec}}}", *lines, "\\end{longtable}"])
 
 
-@pytest.mark.parametrize("table", [PANDOC2_TABLE, PANDOC3_TABLE], ids=["pandoc2", "pandoc3"])
-def test_wide_tables_are_boxed_to_the_text_width(table):
+def test_tables_that_fit_are_left_alone():
+    table = longtable(["model", "acc"], [["a", "91.2"]])
+    assert report.fit_tables("x\n" + table + "\ny") == "x\n" + table + "\ny"
+
+
+def test_a_long_text_column_wraps_within_the_width():
+    words = "the conv biases are left out, so the count is short by the number of filters, 224 in all"
+    table = longtable(["total", "mistake", "explanation"], [["390186", "no bias", words]] * 3)
+    latex = report.fit_tables(table)
+    assert latex.startswith("{\\small\n\\begin{longtable}") and "adjustbox" not in latex
+    widths = [float(w) for w in re.findall(r"p\{([\d.]+)em\}", latex)]
+    assert len(widths) == 3 and widths[2] > widths[0] >= 6 * report.CHAR_EM  # numbers keep their width
+    assert sum(widths) <= report.TEXT_WIDTH_PT / 10  # the text width in em of small (10 pt) type
+
+
+@pytest.mark.parametrize("pandoc3", [False, True], ids=["pandoc2", "pandoc3"])
+def test_a_table_too_wide_even_wrapped_is_boxed_and_scaled(pandoc3):
+    header = [f"metric{i}" for i in range(16)]
+    table = longtable(header, [["0.123456"] * 16, ["0.654321"] * 16], pandoc3=pandoc3, caption="results")
     latex = report.fit_tables("before\n" + table + "\nafter")
     assert "longtable" not in latex and "\\begin{adjustbox}{max width=\\linewidth}" in latex
-    body = latex[latex.index("\\begin{tabular}{@{}lr@{}}"):latex.index("\\end{tabular}")].splitlines()
-    assert [ln.split("\\noalign")[0] for ln in body[1:]] == \
-        ["\\toprule", "model & acc \\\\", "\\midrule", "a & 91.2 \\\\", "\\bottomrule"]
     assert latex.startswith("before\n") and latex.endswith("\nafter")
-    assert ("\\captionof{table}{results}" in latex) == ("caption" in table)
+    body = latex[latex.index("\\begin{tabular}"):latex.index("\\end{tabular}")].splitlines()[1:]
+    assert [ln.split("\\noalign")[0][:11] for ln in body] == \
+        ["\\toprule", "metric0 & m", "\\midrule", "0.123456 & ", "0.654321 & ", "\\bottomrule"]
+    assert "\\captionof{table}{results}" in latex
 
 
-def test_wrapped_and_long_tables_stay_longtables():
+def test_tables_pandoc_wraps_stay_as_they_are():
     wrapped = "\\begin{longtable}[]{@{}\n  >{\\raggedright\\arraybackslash}p{(\\columnwidth) * \\real{0.5}}@{}}\n" \
               "\\toprule\na \\\\\n\\bottomrule\n\\end{longtable}"
     assert report.fit_tables(wrapped) == wrapped
-    long = PANDOC3_TABLE.replace("a & 91.2 \\\\\n", "a & 91.2 \\\\\n" * (report.BOXED_ROWS + 1))
-    assert report.fit_tables(long) == long

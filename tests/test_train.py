@@ -276,7 +276,7 @@ def test_missing_cuda_is_a_clear_error():
 
 def test_bench_runs_on_synthetic_data_and_reports_speedup(capsys, monkeypatch):
     monkeypatch.delenv("CIFARLIB_DATA", raising=False)
-    assert cli.main(["bench", "--steps", "2", "--batch-size", "16", "--workers", "0", "--device", "cpu"]) == 0
+    assert cli.main(["bench", "--steps", "2", "--batch-size", "16", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert "synthetic" in out[0] and any("reference" in line for line in out)
     assert out[-1].startswith("speedup: ") and out[-1].endswith("x") and float(out[-1][9:-1]) > 0

@@ -275,3 +275,43 @@ def test_experiment_follows_the_assignment_hint():
     assert full.epochs <= 5 and full.early_stop_patience == 2 and full.model_kw["pretrained"] is True
     quick = experiments.config("transfer_resnet18", profile="quick")
     assert quick.model_kw["pretrained"] is False and quick.epochs == 1 and quick.model_kw["resolution"] == 64
+
+
+def test_notebook_knobs_keep_the_profile_unless_set():
+    from cifarlib.experiments import transfer as exp
+
+    quick = exp.notebook_config("quick", pretrained=None, resolution=None, epochs=None, seed=3)
+    assert quick.model_kw == {"pretrained": False, "resolution": 64} and quick.epochs == 1 and quick.seed == 3
+    full = exp.notebook_config("full", resolution=128, epochs=2)
+    assert full.model_kw == {"pretrained": True, "resolution": 128} and full.epochs == 2
+    assert exp.notebook_config("quick", weights_path="w.pth").model_kw["pretrained"] is True
+
+
+def test_cifar_test_index_names_its_class(monkeypatch):
+    from cifarlib import data
+
+    monkeypatch.setattr(data, "load", lambda name, root=None: data.synthetic(n_train=20, n_test=10))
+    pixels, what = visualize.load_image(4)
+    assert pixels.shape == (3, 32, 32) and 0 <= pixels.min() and pixels.max() <= 1
+    assert what.startswith("CIFAR-10 test image 4 (class")
+    with pytest.raises(CifarlibError, match="outside the CIFAR-10 test set"):
+        visualize.load_image(10)
+
+
+@pytest.mark.slow
+def test_finished_pretrained_run_reloads_without_weights_or_internet(tmp_path, monkeypatch, no_download):
+    """A run trained from a weights file is read back later with neither the file nor the internet."""
+    from cifarlib import runs
+    from cifarlib.experiments import transfer as exp
+
+    weights = tmp_path / "resnet18.pth"
+    save_state(torchvision.models.resnet18(), weights)
+    cfg = exp.notebook_config("quick", weights_path=str(weights), resolution=32, dataset="synthetic", device="cpu",
+                              train_per_class=4, test_per_class=2)  # 2 steps; evaluation on 60 images
+    record = runs.train_or_load(cfg, runs_dir=tmp_path / "runs", progress=False)
+    weights.unlink()
+    model = exp.load_trained(record)
+    assert model.pretrained and "Weights: ImageNet" in exp.weights_banner(model)
+    saved = torch.load(record.dir / "model.pt", weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert exp.part3_run(tmp_path / "runs") is None  # no improved_b run there

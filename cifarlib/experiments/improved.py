@@ -98,3 +98,36 @@ register("ablation_reference", "Ablation reference: Table-1 CNN, SGD lr 0.05, ba
 for _change in ABLATION:
     register(f"ablation_{_change.name}", f"Ablation: reference with {_change.description}", part="improved",
              quick=QUICK_ABLATION, **apply_change(ABLATION_REFERENCE, _change.changes))
+
+
+# ---- notebook helpers ---------------------------------------------------------------------------
+
+def overrides(profile: str, epochs: int | None = None, device: str | None = None) -> dict:
+    """Config overrides for the notebook's knobs. The quick profile keeps its own one-epoch budget,
+    so ``epochs`` applies to the full profile only; ``None`` keeps the experiment's value."""
+    out = {"device": device} if device is not None else {}
+    return out if profile == "quick" or epochs is None else {**out, "epochs": int(epochs)}
+
+
+# How each model's weights start (not a TrainConfig value, so stated here for the replication table).
+INITIALISATION = {
+    "improved_a": "conv and dense weights Kaiming (He) normal, biases 0; BN scale 1, shift 0",
+    "improved_b": "2x2 whitening filters from the patch covariance of the first training batch (then frozen, "
+                  "bias trained); other convs and the dense layer PyTorch's default uniform +-1/sqrt(fan_in); "
+                  "BN scale 1, shift 0",
+}
+TABLE_KEYS = ["model", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
+              "scheduler", "warmup_epochs", "label_smoothing", "loss", "crop_pad", "flip", "cutout", "tta_flip",
+              "val_fraction", "split_seed", "precision", "channels_last"]
+
+
+def replication_settings(records) -> dict:
+    """Everything a reader needs to repeat a model's runs: the config keys of :data:`TABLE_KEYS`,
+    the initialisation, the seeds, the data split sizes and where it ran."""
+    cfg = records[0].config
+    m = records[0].metrics
+    return {**{k: getattr(cfg, k) for k in TABLE_KEYS},
+            "initialisation": INITIALISATION.get(cfg.model, "PyTorch default"),
+            "seeds": ", ".join(str(r.config.seed) for r in records),
+            "steps per epoch": round(m["steps"] / m["epochs_run"]) if m.get("epochs_run") else "-",
+            "trained on": f"{m['device']} ({m['precision']}), {records[0].env.get('threads', '?')} threads"}

@@ -191,24 +191,42 @@ class PatchWhitening(nn.Module):
 
 class ConvGroup(nn.Module):
     """conv 3x3 -> max-pool 2x2/2 -> BN -> GELU, then conv 3x3 -> BN -> GELU, with (``residual``) the
-    pooled activation added back: the second conv learns a correction to the first."""
+    pooled activation added back: the second conv learns a correction to the first. Pooling right
+    after the first conv makes BN, GELU and the second conv work on a quarter of the positions."""
 
     def __init__(self, c_in: int, c_out: int, residual: bool = True):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
         self.bn1 = nn.BatchNorm2d(c_out)
+        self.act1 = nn.GELU()
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
+        self.act2 = nn.GELU()
         self.residual = residual
 
     def forward(self, x):
-        x = F.gelu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
-        y = F.gelu(self.bn2(self.conv2(x)))
+        x = self.act1(self.bn1(self.pool(self.conv1(x))))
+        y = self.act2(self.bn2(self.conv2(x)))
         return x + y if self.residual else y
 
 
+class Scale(nn.Module):
+    """Multiply by a constant (no parameters)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:.4g}"
+
+
 class WhitenedNet(nn.Module):
-    """PatchWhitening -> GELU -> ConvGroup x len(widths) -> global max-pool -> Dense (no bias) x ``logit_scale``.
+    """PatchWhitening -> GELU -> ConvGroup x len(widths) -> global max-pool -> Dense (no bias) -> x ``logit_scale``.
 
     For 32x32 inputs the sides are 31 (2x2 whitening, no padding) -> 15 -> 7 -> 3 -> 1. The small
     ``logit_scale`` keeps the initial logits near zero, which lets a high learning rate start safely.
@@ -221,17 +239,20 @@ class WhitenedNet(nn.Module):
         if not widths or min(widths) < 1:
             raise CifarlibError(f"widths must be positive filter counts, got {list(widths)}")
         self.whiten = PatchWhitening(in_channels)
+        self.act = nn.GELU()
         c, groups = self.whiten.out_channels, []
         for w in widths:
             groups.append(ConvGroup(c, w, residual))
             c = w
         self.groups = nn.Sequential(*groups)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.flatten = nn.Flatten()
         self.head = nn.Linear(c, num_classes, bias=False)
-        self.logit_scale = logit_scale
+        self.scale = Scale(logit_scale)
 
     def forward(self, x):
-        x = self.groups(F.gelu(self.whiten(x)))
-        return self.head(torch.amax(x, dim=(2, 3))) * self.logit_scale
+        x = self.groups(self.act(self.whiten(x)))
+        return self.scale(self.head(self.flatten(self.pool(x))))
 
 
 @register("whitened_net", "Patch-whitening stem + conv-pool-BN-GELU groups with skips; switches: widths, residual")
