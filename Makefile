@@ -4,7 +4,8 @@
 # Both create .venv and install everything on first use.
 #
 # Variables: PROFILE=full|quick  DATA=<CIFAR-10 root>  MNIST=<MNIST root>  DEVICE=auto|cpu|cuda
-#            PYTHON=python3  TORCH="torch torchvision" (pin or pick a wheel index here)  PYTEST_ARGS=...
+#            REPORT_ARGS="--param 04_transfer:pretrained=false ..." (more `python -m cifarlib report` options)
+#            PYTHON=python3  TORCH="<pip requirement(s) for torch and torchvision>"  PYTEST_ARGS=...
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,18 +14,20 @@ PROFILE ?= full
 DEVICE ?= auto
 DATA ?=
 MNIST ?=
-TORCH ?= torch torchvision
+REPORT_ARGS ?=
+# The versions the committed results were made with; override for another build (e.g. CPU-only wheels).
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 PIP_FLAGS ?= -q
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: report test install bench clean-build help
 
 help:
-	@sed -n '1,9p' Makefile
+	@sed -n '1,10p' Makefile
 
 report: $(STAMP)
 	$(PY) -m cifarlib report --profile $(PROFILE) --device $(DEVICE) \
-	  $(if $(DATA),--data-root "$(DATA)") $(if $(MNIST),--mnist-root "$(MNIST)")
+	  $(if $(DATA),--data-root "$(DATA)") $(if $(MNIST),--mnist-root "$(MNIST)") $(REPORT_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

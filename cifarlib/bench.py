@@ -68,7 +68,9 @@ def _time_steps(step, batches, steps: int, device) -> float:
     for x, y in islice(batches, steps):
         step(x, y)
     _sync(device)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    batches.close()  # ends a DataLoader's worker processes now, before the next pipeline is timed
+    return seconds
 
 
 def reference(make_model, splits: data.Splits, device, steps: int, batch_size: int, workers: int) -> dict:
@@ -162,10 +164,13 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference pipeline")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--fp32", action="store_true", help="also time cifarlib in fp32 (what precision auto gains)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.workers < 0:
         p.error("--steps and --batch-size must be >= 1 and --workers >= 0")
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     device = resolve_device(args.device)
     splits, label = bench_data(args.data_root, args.steps, args.batch_size)
     shape = dict(in_channels=splits.train.images.shape[1], num_classes=len(splits.classes),

@@ -280,13 +280,15 @@ def _group_bounds(sorted_key: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(k, stop - n, stop) for k, n, stop in zip(keys.tolist(), counts.tolist(), stops)]
 
 
-def _crop_groups(x: torch.Tensor, shifts_y: list[int], shifts_x: list[int], groups) -> torch.Tensor:
-    """Translate each group of images by its own (sy, sx) pixels with zero fill: one slice copy per
-    group. Equals cropping at offset (p + sy, p + sx) from the image zero-padded by p pixels."""
+def _crop_groups(x: torch.Tensor, pad: int, groups: list[tuple[int, int, int]]) -> torch.Tensor:
+    """Crop each group of images at its own offset (dy, dx) from the image zero-padded by ``pad``
+    pixels: one slice copy per group, the padding never materialised. A group's key encodes
+    dy * (2 * pad + 1) + dx (plus a multiple of (2 * pad + 1)^2 for the flip flag, ignored here)."""
     _, _, h, w = x.shape
+    side = 2 * pad + 1
     out = torch.zeros_like(x)
     for key, a, b in groups:
-        sy, sx = shifts_y[key], shifts_x[key]
+        sy, sx = (key % (side * side)) // side - pad, key % side - pad  # shift in source pixels
         r0, r1, c0, c1 = max(0, -sy), min(h, h - sy), max(0, -sx), min(w, w - sx)
         if r0 < r1 and c0 < c1:
             out[a:b, :, r0:r1, c0:c1] = x[a:b, :, r0 + sy:r1 + sy, c0 + sx:c1 + sx]
@@ -321,9 +323,7 @@ def apply_augment(images: torch.Tensor, augment: Augment, params: dict[str, torc
     order = torch.argsort(key, stable=True)
     x = images.index_select(0, order)
     if p and len(images):
-        crop = [k % (side * side) for k in range(2 * side * side)]  # group key -> crop group
-        x = _crop_groups(x, [c // side - p for c in crop], [c % side - p for c in crop],
-                         _group_bounds(key[order]))
+        x = _crop_groups(x, p, _group_bounds(key[order]))
     if augment.flip:
         first_flipped = int((~params["flip"]).sum())
         x[first_flipped:] = x[first_flipped:].flip(3)
@@ -339,9 +339,10 @@ class Loader:
     ``randperm`` from a generator seeded with ``seed + epoch``; augmentation and normalization
     run batched on the device. ``len(loader)`` is the number of batches.
 
-    Random choices are drawn on the CPU for the whole epoch, so a seed gives the same batches on
-    every device; images are augmented ``chunk`` at a time (a multiple of the batch size) to bound
-    memory. ``mean``/``std`` are per channel in [0, 1] pixel units.
+    Per epoch the generator yields, in this order, ``randperm(N)`` and then
+    :func:`draw_augment_params` for the epoch's images in batch order. These are drawn on the CPU,
+    so a seed gives the same batches on every device; images are augmented ``chunk`` at a time (a
+    multiple of the batch size) to bound memory. ``mean``/``std``: per channel, [0, 1] pixel units.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, mean, std, shuffle: bool = False,
@@ -387,14 +388,14 @@ class Loader:
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
-        n = len(self) * self.batch_size if self.drop_last else len(self.labels)
+        n = self.num_images
         order = torch.randperm(len(self.labels), generator=gen)[:n] if self.shuffle else torch.arange(n)
         _, _, h, w = self.images.shape
         params = draw_augment_params(n, self.augment, h, w, gen) if self.augment else {}
         order = order.to(self.device)
         for start in range(0, n, self.chunk):
             idx = order[start:start + self.chunk]
-            u8 = self.images[idx]
+            u8 = self.images.index_select(0, idx)
             if self.augment:
                 u8 = apply_augment(u8, self.augment, {k: v[start:start + self.chunk] for k, v in params.items()})
             y = self.labels[idx]
@@ -600,7 +601,7 @@ def _extract_archive(archive: Path, cache: Path) -> Path:
                     zf.extractall(tmp)
             else:
                 with tarfile.open(archive, "r:gz") as tf:
-                    tf.extractall(tmp, filter="data")
+                    _safe_extract_tar(tf, tmp)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
             raise CifarlibError(f"cannot extract archive {archive} ({_one_line(err)}); "
                                 "download or create it again") from None
@@ -612,6 +613,18 @@ def _extract_archive(archive: Path, cache: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _safe_extract_tar(tf: tarfile.TarFile, dest: Path) -> None:
+    """Extract refusing absolute paths, '..' and links out of ``dest`` (tarfile's "data" filter
+    where this Python has it, else a plain check of the member names)."""
+    if hasattr(tarfile, "data_filter"):
+        tf.extractall(dest, filter="data")
+        return
+    for member in tf.getmembers():
+        if member.name.startswith("/") or ".." in Path(member.name).parts or member.issym() or member.islnk():
+            raise tarfile.TarError(f"unsafe member {member.name!r}")
+    tf.extractall(dest)
 
 
 def _check_tree(root: Path, tree: dict) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 import re
 import time
@@ -217,6 +216,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     fp32 NCHW 514/1151 img/s, fp32 channels_last 1929/1502, bf16 NCHW 2222/1852,
     bf16 channels_last 2652/2887 -> bf16 + channels_last is the fastest, about 1.5-2x fp32.
     Without native bf16 the CPU emulates it, which is slower than fp32, hence the check.
+    On a CPU shared with other busy processes (load ~8 on the 2 cores) two OpenMP threads collapse
+    (fp32 221, bf16 channels_last 82 img/s) while one thread keeps the order (fp32 368, bf16
+    channels_last 926): that is oversubscription (use torch.set_num_threads(1)), not precision.
     """
     if precision == "auto":
         if device.type == "cuda":
@@ -236,16 +238,17 @@ def autocast(device: torch.device, precision: str):
 
 
 def _shape_kwargs(model_name: str, splits: Splits | None) -> dict:
-    """in_channels / num_classes / image_size from the data, for the builder arguments that take them."""
+    """Builder arguments that come from the data: in_channels / num_classes / image_size (passed on to
+    builders that take them or **kwargs), and the input statistics input_mean / input_std (only to
+    builders that name them: the transfer model un-normalizes its input with them)."""
     if splits is None:
         return {}
     _, channels, height, _ = splits.train.images.shape
     shapes = {"in_channels": channels, "num_classes": len(splits.classes), "image_size": height}
-    builder = models._REGISTRY[model_name][0]  # the registry has no public accessor for the builder
-    params = inspect.signature(builder).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return shapes
-    return {k: v for k, v in shapes.items() if k in params}
+    stats = {"input_mean": tuple(splits.mean), "input_std": tuple(splits.std)}
+    named, takes_any = models.builder_arguments(model_name)
+    kw = {k: v for k, v in shapes.items() if takes_any or k in named}
+    return {**kw, **{k: v for k, v in stats.items() if k in named}}
 
 
 def build(cfg: TrainConfig, splits: Splits | None = None) -> nn.Module:

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -90,9 +91,11 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def pdf_text(path: Path) -> str:
+    """The PDF's text with ligatures undone, hyphenated line ends joined and whitespace collapsed."""
     from pypdf import PdfReader
 
-    return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+    text = "\n".join(page.extract_text() for page in PdfReader(path).pages)
+    return " ".join(unicodedata.normalize("NFKC", text).replace("-\n", "").split())
 
 
 def pdf_figures(path: Path) -> int:
@@ -235,6 +238,15 @@ def test_continue_on_error_builds_and_marks_the_failed_part(failed_build):
     assert "Never reached" not in html  # the part stops where it failed
 
 
+def test_html_has_title_contents_page_breaks_and_captions(failed_build):
+    html = (failed_build.out / "report.html").read_text()
+    assert '<h1 class="cifarlib-title">' in html and '<nav class="cifarlib-toc">' in html  # not escaped
+    assert html.count('<div class="cifarlib-newpage">') == 3  # before each part and the provenance
+    assert '<a href="#1(a)-A-curve">' in html and 'id="1(a)-A-curve"' in html
+    assert "<strong>Figure 1:</strong> 1(a) A curve" in html
+    assert "\\newpage" not in html and "\\clearpage" not in html  # LaTeX-only cells stay out
+
+
 def test_parameters_reach_the_executed_notebooks(failed_build):
     injected = tagged_source(failed_build.out / "build" / "01_alpha.ipynb", "injected-parameters")
     assert 'profile = "quick"' in injected and "points = 7" in injected and 'device = "auto"' in injected
@@ -309,7 +321,7 @@ def test_real_quick_report(tmp_path):
     assert (out / "report.html").stat().st_size > 10_000
     if not HAVE_TEX:
         pytest.skip(f"PDF checks skipped: {NO_TEX}")
-    text = " ".join(pdf_text(out / "report.pdf").split())
+    text = pdf_text(out / "report.pdf")
     for number, path in enumerate(REAL, 1):
         title = report.part_title(path)
         assert f"{number} {title}" in text, f"section heading of {path.name} missing from the PDF"
@@ -332,19 +344,22 @@ def longtable(header: list[str], rows: list[list[str]], pandoc3: bool = False, c
     return "\n".join([f"\\begin{{longtable}}[]{{{spec}}}", *lines, "\\end{longtable}"])
 
 
-def test_tables_that_fit_are_left_alone():
-    table = longtable(["model", "acc"], [["a", "91.2"]])
-    assert report.fit_tables("x\n" + table + "\ny") == "x\n" + table + "\ny"
+def test_a_short_table_that_fits_is_kept_on_one_page_and_a_long_one_breaks():
+    short = longtable(["model", "acc"], [["a", "91.2"]])
+    latex = report.fit_tables(short)
+    assert "longtable" not in latex and "\\begin{tabular}{@{}lr@{}}" in latex and "a & 91.2 \\\\" in latex
+    long = longtable(["model", "acc"], [["a", "91.2"]] * (report.KEEP_ROWS + 1))
+    assert report.fit_tables("x\n" + long + "\ny") == "x\n" + long + "\ny"
 
 
 def test_a_long_text_column_wraps_within_the_width():
     words = "the conv biases are left out, so the count is short by the number of filters, 224 in all"
-    table = longtable(["total", "mistake", "explanation"], [["390186", "no bias", words]] * 3)
-    latex = report.fit_tables(table)
-    assert latex.startswith("{\\small\n\\begin{longtable}") and "adjustbox" not in latex
-    widths = [float(w) for w in re.findall(r"p\{([\d.]+)em\}", latex)]
-    assert len(widths) == 3 and widths[2] > widths[0] >= 6 * report.CHAR_EM  # numbers keep their width
-    assert sum(widths) <= report.TEXT_WIDTH_PT / 10  # the text width in em of small (10 pt) type
+    for rows in (3, report.KEEP_ROWS + 1):
+        latex = report.fit_tables(longtable(["total", "mistake", "explanation"], [["390186", "no bias", words]] * rows))
+        widths = [float(w) for w in re.findall(r"p\{([\d.]+)em\}", latex)]
+        assert len(widths) == 3 and widths[2] > widths[0] >= 6 * report.CHAR_EM  # numbers keep their width
+        assert sum(widths) <= report.TEXT_WIDTH_PT / 10  # the text width in em of small (10 pt) type
+    assert latex.startswith("{\\small\n\\begin{longtable}")  # a long one still breaks across pages
 
 
 @pytest.mark.parametrize("pandoc3", [False, True], ids=["pandoc2", "pandoc3"])
@@ -364,3 +379,8 @@ def test_tables_pandoc_wraps_stay_as_they_are():
     wrapped = "\\begin{longtable}[]{@{}\n  >{\\raggedright\\arraybackslash}p{(\\columnwidth) * \\real{0.5}}@{}}\n" \
               "\\toprule\na \\\\\n\\bottomrule\n\\end{longtable}"
     assert report.fit_tables(wrapped) == wrapped
+
+
+def test_tables_with_rows_over_several_lines_stay_as_they_are():
+    split = longtable(["setting", "value"], [["command", "python -m cifarlib report"]]).replace(" & ", " &\n")
+    assert report.fit_tables(split) == split

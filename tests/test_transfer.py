@@ -299,7 +299,7 @@ def test_cifar_test_index_names_its_class(monkeypatch):
 
 
 @pytest.mark.slow
-def test_finished_pretrained_run_reloads_without_weights_or_internet(tmp_path, monkeypatch, no_download):
+def test_finished_pretrained_run_reloads_without_weights_or_internet(tmp_path, no_download):
     """A run trained from a weights file is read back later with neither the file nor the internet."""
     from cifarlib import runs
     from cifarlib.experiments import transfer as exp

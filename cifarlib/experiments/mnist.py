@@ -1,6 +1,6 @@
 """Report part 5, the MNIST study: one main configuration and four one-change variants of it.
 
-``mnist_main`` is the reference (LeNet-style net, cross-entropy, SGD lr 0.01 momentum 0.5, batch 128,
+``mnist_main`` is the reference (LeNet-5-style net, cross-entropy, SGD lr 0.01 momentum 0.5, batch 128,
 8 epochs, 50,000/10,000 train/validation split, test set for final numbers). Each variant changes
 exactly one thing: the learning rate (0.1, 0.0001), the loss (softmax-then-MSE) or the network.
 """
@@ -28,11 +28,11 @@ QUICK = dict(train_per_class=50, test_per_class=20, val_size=50, epochs=1, eval_
              train_eval_size=450)
 
 _VARIANTS = {
-    "mnist_main": ("LeNet-style net, cross-entropy, SGD lr 0.01 momentum 0.5, batch 128, 8 epochs", {}),
+    "mnist_main": ("LeNet-5-style net, cross-entropy, SGD lr 0.01 momentum 0.5, batch 128, 8 epochs", {}),
     "mnist_lr_0.1": ("mnist_main with learning rate 0.1 (10x larger)", dict(lr=0.1)),
     "mnist_lr_0.0001": ("mnist_main with learning rate 0.0001 (100x smaller)", dict(lr=1e-4)),
     "mnist_mse": ("mnist_main with L2 loss: softmax probabilities vs one-hot targets", dict(loss="mse")),
-    "mnist_small": ("mnist_main with the small network (2,202 params instead of 21,840)", dict(model="mnist_small")),
+    "mnist_small": ("mnist_main with the small network (2,202 params instead of 61,706)", dict(model="mnist_small")),
 }
 
 for _name, (_description, _changes) in _VARIANTS.items():
@@ -41,7 +41,7 @@ for _name, (_description, _changes) in _VARIANTS.items():
 # The study's comparisons: row label -> experiment name (the main run appears in every group).
 LR_SWEEP = {"lr 0.1": "mnist_lr_0.1", "lr 0.01": "mnist_main", "lr 0.0001": "mnist_lr_0.0001"}
 LOSSES = {"cross-entropy": "mnist_main", "L2 (softmax vs one-hot)": "mnist_mse"}
-NETWORKS = {"LeNet-style": "mnist_main", "small": "mnist_small"}
+NETWORKS = {"LeNet-5": "mnist_main", "small": "mnist_small"}
 
 
 def notebook_overrides(profile: str = "full", epochs: int | None = None, **knobs) -> dict:

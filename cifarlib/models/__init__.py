@@ -35,6 +35,14 @@ def describe_models() -> dict[str, str]:
     return {name: _REGISTRY[name][1] for name in model_names()}
 
 
+def builder_arguments(name: str) -> tuple[set[str], bool]:
+    """The keyword arguments the builder of ``name`` names, and whether it also takes ``**kwargs``."""
+    import inspect
+
+    params = inspect.signature(_REGISTRY[name][0]).parameters
+    return set(params), any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def build_model(name: str, **kw) -> nn.Module:
     """Build a registered model. Unknown names raise a one-line error listing the known ones."""
     if name not in _REGISTRY:
