@@ -79,7 +79,7 @@ def plot_curves(history, metric: str = "loss", x: str = "epoch", splits: Sequenc
 
 def plot_loss_and_accuracy(history, title: str, x: str = "epoch"):
     """Two panels side by side: loss and accuracy for train/validation/test."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     plot_curves(history, "loss", x=x, ax=a, title="Loss")
     plot_curves(history, "acc", x=x, ax=b, title="Accuracy")
     fig.suptitle(title)

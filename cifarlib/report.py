@@ -43,7 +43,7 @@ KERNEL = "python3"
 # Saves ~2.5 s per notebook: papermill writes the output once at the end (and on an error) instead of
 # after every cell, and the kernel is stopped at once when its last cell is done, not asked to exit.
 FAST_PAPERMILL = {"request_save_on_cell_execute": False, "shutdown_kernel": "immediate"}
-ENV_RUN_LOG = "CIFARLIB_RUN_LOG"  # cifarlib.runs may append each run folder a kernel trains or loads here
+ENV_RUN_LOG = paths.ENV_RUN_LOG  # cifarlib.runs appends each run folder a kernel trains or loads here
 RUN_LOG = "runs-used.txt"  # in <out>/build/: the provenance section lists these runs
 TITLE = "CNN experiments on CIFAR-10 and MNIST"
 TEX_INSTALL = "apt-get install texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc"

@@ -29,6 +29,7 @@ import datetime
 import hashlib
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -248,7 +249,7 @@ def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=No
     splits = prepare_splits(cfg, data, data_root)
     run_dir = root / f"{cfg.name}-{run_hash(cfg, splits.identity)}"
     if not force and is_finished(run_dir):
-        return load_run(run_dir)
+        return _log_use(load_run(run_dir))
     run_dir.mkdir(exist_ok=True)
     model = train.build(cfg, splits)
     run = train.fit(model, splits, cfg, progress=progress)
@@ -258,6 +259,15 @@ def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=No
         raise KeyboardInterrupt
     record = load_run(run_dir)
     record.cached = False
+    return _log_use(record)
+
+
+def _log_use(record: RunRecord) -> RunRecord:
+    """Append the run folder to $CIFARLIB_RUN_LOG when set: the report lists exactly the runs it used."""
+    log = os.environ.get(paths.ENV_RUN_LOG)
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{record.dir.resolve()}\n")
     return record
 
 
