@@ -25,7 +25,7 @@ from torch import nn
 
 from cifarlib import data, models, paths
 from cifarlib.models.cifar import Table1Net
-from cifarlib.runs import OneLineParser
+from cifarlib.cli import OneLineParser
 from cifarlib.train import TrainConfig, evaluate, make_optimizer, resolve_device, resolve_precision, train_step
 
 EPOCH = {"train": 45_000, "val": 5_000, "test": 10_000, "train_eval": 5_000}  # CIFAR-10, 10% validation

@@ -6,6 +6,7 @@ Each command lives in the module that owns the work; this file only dispatches, 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -20,6 +21,13 @@ COMMANDS = {
     "bench": ("cifarlib.bench", "cli", "training throughput: cifarlib vs a reference pipeline"),
     "report": ("cifarlib.report", "cli", "run the notebooks and export the PDF/HTML report"),
 }
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that raises a one-line CifarlibError instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise CifarlibError(f"{message}; see `python -m cifarlib {self.prog.split()[-1]} --help`")
 
 
 def usage() -> str:

@@ -13,7 +13,6 @@ CONTRACT (other modules rely on these names and signatures; keep them):
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -332,11 +331,18 @@ def apply_augment(images: torch.Tensor, augment: Augment, params: dict[str, torc
     return x.index_select(0, torch.argsort(order))
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A generator seed for (seed, epoch). Not ``seed + epoch``: then seed 1's epoch k would repeat seed 0's
+    epoch k + 1, and runs meant to be independent (mean ± std over seeds) would share batch orders."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
 class Loader:
     """Iterates (x, y) batches: x float (B, C, H, W) normalized, on ``device``; y int64 on ``device``.
 
     The whole split is moved to ``device`` once as uint8; each epoch (each ``iter()``) draws a
-    ``randperm`` from a generator seeded with ``seed + epoch``; augmentation and normalization
+    ``randperm`` from a generator seeded with :func:`epoch_seed` (seed, epoch); augmentation and normalization
     run batched on the device. ``len(loader)`` is the number of batches.
 
     Per epoch the generator yields, in this order, ``randperm(N)`` and then
@@ -377,7 +383,7 @@ class Loader:
         return len(self) * self.batch_size if self.drop_last else len(self.labels)
 
     def set_epoch(self, epoch: int) -> None:
-        """The next ``iter()`` uses ``seed + epoch``."""
+        """The next ``iter()`` draws epoch ``epoch`` of this seed's sequence."""
         self.epoch = epoch
 
     def normalize(self, u8: torch.Tensor) -> torch.Tensor:
@@ -386,7 +392,7 @@ class Loader:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         self.epoch += 1
         n = self.num_images
         order = torch.randperm(len(self.labels), generator=gen)[:n] if self.shuffle else torch.arange(n)
@@ -453,16 +459,16 @@ def load(name: str = "cifar10", root=None, download: bool = False, cache_dir=Non
     if not hit:
         payload = _decode_source(name, kind, where, cache)
         _write_cache(cache_file, payload)
-    return _dataset(name, kind, root, download, payload, {
+    return _dataset(name, kind, root, payload, {
         "cache": "hit" if hit else "miss", "cache_file": str(cache_file), "layout": kind,
         "load_s": round(time.perf_counter() - start, 3)})
 
 
-def _dataset(name: str, kind: str, root: Path, download: bool, payload: dict, info: dict) -> Dataset:
+def _dataset(name: str, kind: str, root: Path, payload: dict, info: dict) -> Dataset:
     classes = list(payload["classes"])
     train = ImageSet(payload["train_images"], payload["train_labels"])
     test = ImageSet(payload["test_images"], payload["test_labels"])
-    source = "torchvision" if download or kind == "torchvision-mnist" else payload["layout"]
+    source = "torchvision" if kind == "torchvision-mnist" else payload["layout"]  # what was read, not how it came
     info.update(train_per_class=class_counts(train.labels, len(classes)),
                 test_per_class=class_counts(test.labels, len(classes)))
     return Dataset(name, source, classes, train, test, short_hash(name, payload["content"]), str(root), info)
@@ -822,7 +828,9 @@ def describe(ds: Dataset) -> str:
 
 def cli(argv: list[str]) -> int:
     """``python -m cifarlib data [--data-root PATH] [--dataset cifar10|mnist]``."""
-    parser = argparse.ArgumentParser(
+    from cifarlib.cli import OneLineParser
+
+    parser = OneLineParser(
         prog="python -m cifarlib data",
         description="Show what data set a data root holds, and how long loading takes: cold (cache miss: "
                     "decoded from the source) or warm (cache hit), then a second, warm load.")

@@ -707,7 +707,9 @@ def export_pdf(nb, target: Path, nb_dir: Path) -> None:
 # ---- command line ---------------------------------------------------------------------------------
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cifarlib report", description="Run the notebooks with "
+    from cifarlib.cli import OneLineParser
+
+    p = OneLineParser(prog="python -m cifarlib report", description="Run the notebooks with "
                                 "papermill, merge them into one report, export report.pdf and report.html.")
     p.add_argument("--profile", choices=("quick", "full"), default="full",
                    help="full (default) or quick: a smoke run of every notebook in minutes")

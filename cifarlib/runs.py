@@ -24,7 +24,6 @@ report or a docstring elsewhere keeps the cache, while a change to the training 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import json
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from cifarlib import atomic, data, models, paths, train
+from cifarlib import cli as cli_
 from cifarlib.errors import CifarlibError
 
 DONE = "DONE"  # completion marker, written last: a folder without it is never taken as finished
@@ -119,9 +119,13 @@ class RunRecord:
     finished: bool = True
 
     def load_model(self, model: nn.Module | None = None, device="cpu") -> nn.Module:
-        """The saved weights in ``model`` (default: a fresh model built from the record's config)."""
+        """The saved weights in ``model`` (default: a fresh model built from the record's config; a model
+        that can start from downloaded weights, like the ResNet18 transfer model, is built without them,
+        since model.pt holds every weight)."""
         if model is None:
-            kw = self.metrics.get("model_build_kw", self.config.model_kw)
+            kw = dict(self.metrics.get("model_build_kw", self.config.model_kw))
+            if "pretrained" in models.builder_arguments(self.config.model)[0]:
+                kw.update(pretrained=False, weights_path=None)
             model = models.build_model(self.config.model, **kw)
         return load_weights(model, self.dir / "model.pt", saved_model=self.config.model).to(device)
 
@@ -150,11 +154,17 @@ def load_weights(model: nn.Module, path: Path, saved_model: str = "?") -> nn.Mod
 
 def _env(run: train.Run) -> dict:
     device = torch.device(run.metrics["device"])
-    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
+    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": _dirty(),
             "code_version": code_version(), "torch": torch.__version__, "torchvision": _version("torchvision"),
             "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
             "device_name": _device_name(device), "threads": torch.get_num_threads(), "wall_s": run.wall_s,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _dirty() -> bool | None:
+    """Uncommitted changes in the checkout; None when unknown (no git, or not a checkout)."""
+    status = _git("status", "--porcelain")
+    return None if status is None else bool(status)
 
 
 def _git(*args) -> str | None:
@@ -222,7 +232,12 @@ def find_runs(name: str | None = None, runs_dir=None) -> list[RunRecord]:
     """Finished runs (optionally of one config name), newest first."""
     root = paths.runs_dir(runs_dir)
     dirs = [d for d in root.glob("*-*") if is_finished(d)] if root.is_dir() else []
-    records = [load_run(d) for d in sorted(dirs, key=lambda d: (d / DONE).stat().st_mtime, reverse=True)]
+    records = []
+    for d in sorted(dirs, key=lambda d: (d / DONE).stat().st_mtime, reverse=True):
+        try:
+            records.append(load_run(d))
+        except CifarlibError as err:  # e.g. a record written by an older cifarlib: skip it, don't stop
+            print(f"warning: skipping run record {d}: {err}", file=sys.stderr)
     return [r for r in records if name is None or r.config.name == name]
 
 
@@ -266,19 +281,13 @@ def _log_use(record: RunRecord) -> RunRecord:
     """Append the run folder to $CIFARLIB_RUN_LOG when set: the report lists exactly the runs it used."""
     log = os.environ.get(paths.ENV_RUN_LOG)
     if log:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"{record.dir.resolve()}\n")
     return record
 
 
 # ---- python -m cifarlib run ----------------------------------------------------------------------
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that raises a one-line CifarlibError instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise CifarlibError(f"{message}; see `python -m cifarlib {self.prog.split()[-1]} --help`")
-
 
 def parse_sets(items: list[str]) -> dict:
     """``key=value`` pairs; a value is JSON when it parses (10, 0.5, true, null, "x", {...}), else a string."""
@@ -297,7 +306,7 @@ def parse_sets(items: list[str]) -> dict:
 def cli(argv: list[str]) -> int:
     from cifarlib import experiments
 
-    p = OneLineParser(prog="python -m cifarlib run", description="Train a named experiment, or load its finished run.")
+    p = cli_.OneLineParser(prog="python -m cifarlib run", description="Train a named experiment, or load its finished run.")
     p.add_argument("name", help="experiment name (python -m cifarlib experiments lists them)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (JSON when it parses, else a string); repeatable")
@@ -307,7 +316,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--force", action="store_true", help="train even when a finished run exists")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     args = p.parse_args(argv)
-    cfg = experiments.config(args.name, profile=args.profile, **parse_sets(args.sets))
+    cfg = experiments.config_from(args.name, args.profile, parse_sets(args.sets))
     rec = train_or_load(cfg, data_root=args.data_root, runs_dir=args.runs_dir, force=args.force)
     summary = rec.summary()
     if args.json:  # strict JSON: a diverged run's NaN losses become null

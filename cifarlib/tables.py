@@ -59,21 +59,25 @@ def mean_std_table(groups: Mapping[str, list], prefix: str = "final", digits: in
     """One row per group of runs (e.g. seeds): each cell ``mean ± std`` over the group, plus the count.
 
     Losses are shown with 3 decimals, accuracies in percent with ``digits`` decimals; std is the
-    sample standard deviation (n-1), empty when there is a single run.
+    sample standard deviation (n-1), left out for a single run. A run without a value (e.g. diverged)
+    is not averaged in silently: the cell says how many of the group's runs it covers.
     """
     rows = []
     for label, items in groups.items():
         frame = pd.DataFrame([final_metrics_row(_metrics_of(i), prefix) for i in items])
         row = {"model": label, "runs": len(frame)}
         for col in frame.columns:
-            dec = digits if "acc" in col else 3
-            mean, std = frame[col].mean(), frame[col].std(ddof=1)
-            if frame[col].isna().all():
-                row[col] = "–"
-            else:
-                row[col] = f"{mean:.{dec}f}" if len(frame) < 2 else f"{mean:.{dec}f} ± {std:.{dec}f}"
+            row[col] = _mean_std(frame[col], digits if "acc" in col else 3)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series, dec: int) -> str:
+    finite = values.dropna()
+    if finite.empty:
+        return "–"
+    text = f"{finite.mean():.{dec}f}" + (f" ± {finite.std(ddof=1):.{dec}f}" if len(finite) > 1 else "")
+    return text if len(finite) == len(values) else f"{text} (of {len(finite)}/{len(values)} runs)"
 
 
 def config_table(config: Mapping, keys: Iterable[str] | None = None) -> pd.DataFrame:
@@ -94,7 +98,8 @@ def provenance(record) -> str:
     """One line that traces a run record's numbers: folder, status, epochs, wall time, device, torch,
     git commit, seed, and whether it was trained now or loaded from the cache."""
     m, env, cfg = record.metrics, record.env, record.config
-    commit = (env.get("git_commit") or "unknown")[:10] + (" (uncommitted changes)" if env.get("git_dirty") else "")
+    dirty = {True: " (uncommitted changes)", None: " (changes unknown)"}.get(env.get("git_dirty"), "")
+    commit = (env.get("git_commit") or "unknown")[:10] + dirty
     wall = m.get("wall_s", env.get("wall_s"))
     wall_text = f"{wall:.0f} s" if isinstance(wall, (int, float)) else "unknown time"
     return (f"run {record.dir.name}: {record.status}, {m.get('epochs_run', '?')} epochs in {wall_text} on "

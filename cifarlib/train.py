@@ -191,7 +191,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks cuda > mps > cpu; an explicit device that is not there is an error."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise CifarlibError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CifarlibError(f"device {name!r} requested but torch sees no CUDA GPU; use device='auto' or 'cpu'")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
@@ -283,7 +286,7 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.scheduler == "onecycle" and warmup == 0:
         warmup = 0.3 * total
     if step < warmup:
-        return cfg.lr * (step + 1) / warmup
+        return cfg.lr * min(1.0, (step + 1) / warmup)  # warm-up need not be a whole number of steps
     after = (step - warmup) / max(total - warmup, 1)  # 0 -> 1 over the steps after warm-up
     if cfg.scheduler == "step":
         return cfg.lr * cfg.step_gamma ** math.floor(step / (cfg.step_epochs * steps_per_epoch))
@@ -337,19 +340,22 @@ def evaluate(model: nn.Module, loader, device=None, tta_flip: bool = False, loss
         loader = Loader(loader, batch_size=batch_size, mean=mean, std=std, device=device)
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    loss_sum = torch.zeros((), dtype=acc_dtype, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
-    with torch.inference_mode(), autocast(device, precision):
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x).float()
-            if tta_flip:
-                logits = (logits + model(x.flip(-1)).float()) / 2
-            loss_sum += sample_losses(logits, y, loss).sum()
-            correct += (logits.argmax(dim=1) == y).sum()
-            n += len(y)
-    model.train(was_training)
+    try:
+        with torch.inference_mode(), autocast(device, precision):
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                logits = model(x).float()
+                if tta_flip:
+                    logits = (logits + model(x.flip(-1)).float()) / 2
+                loss_sum += sample_losses(logits, y, loss).sum()
+                correct += (logits.argmax(dim=1) == y).sum()
+                n += len(y)
+    finally:
+        model.train(was_training)
     if n == 0:
         return math.nan, math.nan
     return loss_sum.item() / n, correct.item() / n
@@ -381,7 +387,10 @@ def train_eval_subset(train: ImageSet, size: int, seed: int) -> ImageSet:
 def _loaders(splits: Splits, cfg: TrainConfig, device: torch.device):
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=cfg.channels_last)
     augment = Augment(crop_pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout)
-    train = Loader(splits.train, cfg.batch_size, shuffle=True, augment=augment, seed=cfg.seed, **common)
+    # A last batch of one image would break batch norm's training statistics (and BatchNorm1d raises): drop it.
+    drop_last = len(splits.train) % cfg.batch_size == 1
+    train = Loader(splits.train, cfg.batch_size, shuffle=True, augment=augment, seed=cfg.seed, drop_last=drop_last,
+                   **common)
     evals = {"train": train_eval_subset(splits.train, cfg.train_eval_size, cfg.split_seed),
              "val": splits.val, "test": splits.test}
     return train, {k: Loader(v, cfg.eval_batch_size, **common) for k, v in evals.items()}

@@ -258,7 +258,7 @@ def test_loader_augmented_batches_match_reference(small):
     aug = D.Augment(crop_pad=3, flip=True)
     loader = D.Loader(small.train, 64, (0.0,) * 3, (1.0,) * 3, shuffle=True, augment=aug, seed=4)
     x = torch.cat([b for b, _ in loader])
-    gen = torch.Generator().manual_seed(4)  # the documented recipe: randperm, then the epoch's choices
+    gen = torch.Generator().manual_seed(D.epoch_seed(4, 0))  # documented recipe: randperm, then the choices
     order = torch.randperm(len(small.train), generator=gen)
     params = D.draw_augment_params(len(order), aug, 12, 12, gen)
     want = D.apply_augment(small.train.images[order], aug, params)
@@ -623,3 +623,14 @@ def test_archive_with_a_path_outside_the_tree_is_refused(tmp_path, monkeypatch, 
         D.load("cifar10", root=archive, cache_dir=tmp_path / "cache")
     assert "cannot extract archive" in one_line_error(excinfo)
     assert not list(tmp_path.rglob("escaped.png"))
+
+
+def test_runs_with_different_seeds_do_not_share_epochs(small):
+    """seed 1's first epoch must not be seed 0's second epoch (as it would be with seed + epoch)."""
+    def epoch(seed, k):
+        loader = D.Loader(small.train, 50, (0.5,) * 3, (0.25,) * 3, shuffle=True, seed=seed)
+        loader.set_epoch(k)
+        return torch.cat([y for _, y in loader])
+
+    assert not torch.equal(epoch(1, 0), epoch(0, 1))
+    assert torch.equal(epoch(1, 0), epoch(1, 0))

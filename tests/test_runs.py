@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from cifarlib import cli, data, runs, train
+from cifarlib import paths, cli, data, runs, train
 from cifarlib.errors import CifarlibError
 from cifarlib.models import build_model
 from cifarlib.train import TrainConfig
@@ -52,6 +52,15 @@ def test_train_then_cache_hit_with_all_files(ds, tmp_path):
     fresh = train.build(tiny(), runs.prepare_splits(tiny(), ds))  # untrained: different outputs
     assert not torch.allclose(model.eval()(x), fresh.eval()(x))
     assert [r.dir for r in runs.find_runs(runs_dir=tmp_path)] == [first.dir]
+
+
+def test_run_log_lists_each_run_used_trained_or_cached(ds, tmp_path, monkeypatch):
+    log = tmp_path / "used.txt"
+    monkeypatch.setenv(paths.ENV_RUN_LOG, str(log))
+    trained = runs.train_or_load(tiny(), data=ds, runs_dir=tmp_path / "runs", progress=False)
+    cached = runs.train_or_load(tiny(), data=ds, runs_dir=tmp_path / "runs", progress=False)
+    assert not trained.cached and cached.cached
+    assert log.read_text().splitlines() == [str(trained.dir.resolve())] * 2
 
 
 def test_config_or_data_change_misses_the_cache(ds, tmp_path):

@@ -280,3 +280,28 @@ def test_bench_runs_on_synthetic_data_and_reports_speedup(capsys, monkeypatch):
     out = capsys.readouterr().out.strip().splitlines()
     assert "synthetic" in out[0] and any("reference" in line for line in out)
     assert out[-1].startswith("speedup: ") and out[-1].endswith("x") and float(out[-1][9:-1]) > 0
+
+
+def test_warm_up_never_exceeds_the_peak_learning_rate():
+    for cfg, steps in ((tiny(lr=0.1, scheduler="onecycle", epochs=3), 1), (tiny(lr=0.1, warmup_epochs=0.5), 781)):
+        peak = max(train.lr_at(cfg, s, steps) for s in range(cfg.epochs * steps))
+        assert peak == pytest.approx(0.1)
+
+
+def test_a_last_batch_of_one_image_is_dropped_so_batch_norm_can_train():
+    ds = data.synthetic(n_train=65, n_test=20, size=8, seed=0)
+    sp = data.split(ds, val_size=0, seed=0)
+    assert len(sp.train) % 8 == 1
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    run = train.fit(model, sp, tiny(batch_size=8, epochs=1, train_eval_size=20), progress=False)
+    assert run.status == "finished" and run.history[-1]["examples_seen"] == len(sp.train) - 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench", "--device", "gpu0"], "unknown device 'gpu0'"),
+    (["run", "baseline", "--set", "profile=quick"], "unknown config key(s) profile"),
+])
+def test_cli_bad_device_and_clashing_set_keys_are_one_line_errors(args, message, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -56,9 +56,15 @@ def get(name: str) -> Experiment:
     return _EXPERIMENTS[name]
 
 
-def config(name: str, profile: str = "full", **overrides) -> TrainConfig:
+def config(name: str, /, profile: str = "full", **overrides) -> TrainConfig:
     """The TrainConfig of experiment ``name``: its config, then (``profile="quick"``) its quick
     overrides, then ``overrides``."""
+    return _resolve(get(name), profile, overrides)
+
+
+def config_from(name: str, profile: str, overrides: dict) -> TrainConfig:
+    """:func:`config` with the overrides as a dict, so that any key (even ``name`` or ``profile``) is
+    checked as a TrainConfig field rather than clashing with an argument (the CLI's ``--set``)."""
     return _resolve(get(name), profile, overrides)
 
 
@@ -81,7 +87,7 @@ def table(profile: str = "full") -> list[dict]:
 
 def cli(argv: list[str]) -> int:
     """``python -m cifarlib experiments [--profile quick|full]``: the named experiments as a table."""
-    from cifarlib.runs import OneLineParser
+    from cifarlib.cli import OneLineParser
 
     p = OneLineParser(prog="python -m cifarlib experiments", description="List the named experiments.")
     p.add_argument("--profile", choices=PROFILES, default="full", help="whose epochs to show")

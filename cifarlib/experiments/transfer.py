@@ -57,10 +57,7 @@ def load_trained(record, device="cpu"):
     """The trained model of a run record. Built without ImageNet weights (the saved file holds all
     weights, and its ``imagenet_weights`` flag says whether the run started from them), so that
     re-reading a finished run needs neither the internet nor the weights file."""
-    from cifarlib.models import build_model
-
-    kw = {**record.metrics.get("model_build_kw", record.config.model_kw), "pretrained": False, "weights_path": None}
-    return record.load_model(model=build_model(record.config.model, **kw), device=device)
+    return record.load_model(device=device)
 
 
 def part3_run(runs_dir=None):
