@@ -91,33 +91,36 @@ def _metrics(item) -> Mapping:
     return getattr(item, "metrics", item)
 
 
-def _acc(item, split: str) -> float:
-    value = _metrics(item).get(f"final_{split}_acc")
+def _acc(item, split: str, prefix: str) -> float:
+    value = _metrics(item).get(f"{prefix}_{split}_acc")
     if value is None:
-        raise CifarlibError(f"run metrics lack final_{split}_acc; pass run records or metrics dicts from fit()")
+        raise CifarlibError(f"run metrics lack {prefix}_{split}_acc; pass run records or metrics dicts from fit()")
     return 100.0 * value
 
 
-def reference_accuracy(result: AblationResult) -> dict:
-    """Mean and sample std (0 for one seed) of the reference's validation and test accuracy, in %."""
-    frame = pd.DataFrame([{s: _acc(r, s) for s in ("val", "test")} for r in result.reference])
+def reference_accuracy(result: AblationResult, prefix: str = "final") -> dict:
+    """Mean and sample std (0 for one seed) of the reference's validation and test accuracy, in %.
+    ``prefix``: "final" (after the last epoch) or "best" (at the evaluation with the lowest val loss)."""
+    frame = pd.DataFrame([{s: _acc(r, s, prefix) for s in ("val", "test")} for r in result.reference])
     std = frame.std(ddof=1).fillna(0.0)  # one run: no spread to measure
     return {"runs": len(frame), **{f"{s}_mean": frame[s].mean() for s in frame},
             **{f"{s}_std": std[s] for s in frame}}
 
 
-def delta_table(result: AblationResult) -> pd.DataFrame:
+def delta_table(result: AblationResult, prefix: str = "final") -> pd.DataFrame:
     """One row per change: its validation and test accuracy (%) and the change against the reference
     mean (percentage points), sorted by the validation change, largest gain first. Validation ranks
-    the changes; test accuracy is shown, not used for the choice."""
-    ref = reference_accuracy(result)
+    the changes; test accuracy is shown, not used for the choice. ``prefix`` as in reference_accuracy:
+    "best" scores each run where early stopping would have left it (its lowest validation loss)."""
+    ref = reference_accuracy(result, prefix)
     rows = []
     for change in result.changes:
         run = result.variants[change.name]
-        val, test = _acc(run, "val"), _acc(run, "test")
+        val, test = _acc(run, "val", prefix), _acc(run, "test", prefix)
         rows.append({"change": change.name, "what changed": change.description, "val acc (%)": val,
                      "Δ val (pts)": val - ref["val_mean"], "test acc (%)": test,
-                     "Δ test (pts)": test - ref["test_mean"], "wall (s)": _metrics(run).get("wall_s")})
+                     "Δ test (pts)": test - ref["test_mean"], "epoch": _metrics(run).get(f"{prefix}_epoch", _metrics(run).get("epochs_run")),
+                     "wall (s)": _metrics(run).get("wall_s")})
     frame = pd.DataFrame(rows)
     return frame.sort_values("Δ val (pts)", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -151,3 +154,16 @@ def plot_deltas(table: pd.DataFrame, noise: float | None = None, title: str | No
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def reference_lines(result: AblationResult) -> str:
+    """Per reference run (records): validation accuracy after the last epoch vs at the lowest
+    validation loss, and the running training loss of the last epoch, to show how much of the spread
+    between seeds comes from where the last step happened to land."""
+    lines = []
+    for r in result.reference:
+        m = r.metrics
+        lines.append(f"reference seed {r.config.seed}: val acc after the last epoch {100 * m['final_val_acc']:.1f} %, "
+                     f"at the lowest val loss {100 * m['best_val_acc']:.1f} % (epoch {m['best_epoch']:g}); "
+                     f"running train loss in the last epoch {r.history['running_train_loss'].iloc[-1]:.3f}")
+    return "\n".join(lines)

@@ -168,6 +168,18 @@ def test_delta_table_sorts_by_validation_gain_against_the_reference_mean():
     assert lines[0].split()[1] == "b" and "helped" in lines[0] and "within noise" in lines[1] and "hurt" in lines[2]
 
 
+def test_delta_table_can_score_runs_at_their_lowest_validation_loss():
+    def run(final, best, epoch):
+        return {**_fake(final, final), "best_val_acc": best, "best_test_acc": best, "best_epoch": epoch}
+
+    result = AblationResult([run(0.40, 0.60, 4.0)], {"a": run(0.70, 0.70, 5.0), "b": run(0.30, 0.65, 3.0)},
+                            [Change("a", "A", {}), Change("b", "B", {})])
+    final, best = ablation.delta_table(result), ablation.delta_table(result, prefix="best")
+    assert list(final["change"]) == ["a", "b"] and final["Δ val (pts)"].tolist() == pytest.approx([30.0, -10.0])
+    assert best["Δ val (pts)"].tolist() == pytest.approx([10.0, 5.0]) and best["epoch"].tolist() == [5.0, 3.0]
+    assert ablation.reference_accuracy(result, "best")["test_mean"] == pytest.approx(60.0)
+
+
 def test_single_reference_run_has_zero_spread_and_missing_metrics_are_an_error():
     result = AblationResult([_fake(0.5, 0.5)], {"a": {"wall_s": 1}}, [Change("a", "A", {})])
     assert ablation.reference_accuracy(result)["val_std"] == 0
