@@ -13,8 +13,9 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
-from cifarlib import experiments, plots, runs
+from cifarlib import experiments, plots, runs, train
 
 DIVERGED = "diverged"
 
@@ -28,6 +29,14 @@ def run_group(group: Mapping[str, str], profile: str = "full", data=None, data_r
         cfg = experiments.config(name, profile=profile, **overrides)
         out[label] = runs.train_or_load(cfg, data=data, data_root=data_root, runs_dir=runs_dir, progress=progress)
     return out
+
+
+def run_seeds(group: Mapping[str, str], seeds: Sequence[int], **kw) -> dict[str, list[runs.RunRecord]]:
+    """``{label: [run record per seed]}``: :func:`run_group` repeated for each model seed (the split stays
+    fixed), for ``cifarlib.tables.mean_std_table``. A ``seed`` in ``kw`` is ignored."""
+    kw = {k: v for k, v in kw.items() if k != "seed"}
+    per_seed = [run_group(group, seed=seed, **kw) for seed in seeds]
+    return {label: [records[label] for records in per_seed] for label in group}
 
 
 def _status(item) -> str:
@@ -91,3 +100,15 @@ def plot_comparison(records: Mapping[str, object], title: str, metrics: Sequence
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def start_gradients(num_classes: int = 10) -> tuple[float, float]:
+    """d loss / d z_y, the gradient with respect to the true class's score while the softmax is still
+    uniform (all scores equal), for cross-entropy and for the L2 loss of ``loss="mse"``: autograd on
+    the training loop's own loss function."""
+    grads = []
+    for kind in ("cross_entropy", "mse"):
+        scores = torch.zeros(1, num_classes, requires_grad=True)
+        train.sample_losses(scores, torch.tensor([0]), kind).sum().backward()
+        grads.append(scores.grad[0, 0].item())
+    return grads[0], grads[1]

@@ -43,6 +43,10 @@ LR_SWEEP = {"lr 0.1": "mnist_lr_0.1", "lr 0.01": "mnist_main", "lr 0.0001": "mni
 LOSSES = {"cross-entropy": "mnist_main", "L2 (softmax vs one-hot)": "mnist_mse"}
 NETWORKS = {"LeNet-5": "mnist_main", "small": "mnist_small"}
 
+# The settings a reader needs to replicate the main run (the notebook's configuration table).
+TABLE_KEYS = ["model", "loss", "optimizer", "lr", "momentum", "batch_size", "epochs", "val_size",
+              "eval_every_steps", "train_eval_size", "seed", "device", "precision"]
+
 
 def notebook_overrides(profile: str = "full", epochs: int | None = None, **knobs) -> dict:
     """The notebook's knobs as config overrides. ``epochs`` applies to the full profile only (the quick
@@ -50,7 +54,3 @@ def notebook_overrides(profile: str = "full", epochs: int | None = None, **knobs
     if profile == "full" and epochs is not None:
         knobs["epochs"] = epochs
     return {k: v for k, v in knobs.items() if v is not None}
-
-# The settings a reader needs to replicate the main run (the notebook's configuration table).
-TABLE_KEYS = ["model", "loss", "optimizer", "lr", "momentum", "batch_size", "epochs", "val_size",
-              "eval_every_steps", "train_eval_size", "seed", "device", "precision"]
