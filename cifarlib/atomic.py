@@ -50,3 +50,18 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 def write_json(target: str | os.PathLike, obj) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def writable_dir(folder: Path, remedy: str, what: str = "to") -> Path:
+    """``folder`` (created if missing) after proving a file can be written in it, else a one-line
+    CifarlibError naming the folder, the reason and ``remedy``."""
+    from cifarlib.errors import CifarlibError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise CifarlibError(f"cannot write {what} {folder} ({err.strerror or err}); {remedy}") from None
+    return folder

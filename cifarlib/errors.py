@@ -6,3 +6,10 @@ class CifarlibError(Exception):
 
     The CLI prints it as ``error: <message>`` and exits with status 2, with no traceback.
     """
+
+
+def first_line(text, limit: int = 160) -> str:
+    """The first non-blank line of ``text`` (any object: str() of it), cut to ``limit`` characters with
+    "..." so that an error message built from it stays on one line."""
+    line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."

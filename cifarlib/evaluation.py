@@ -89,6 +89,22 @@ def per_class_table(matrix, classes) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def top_confusions(matrix, classes, k: int = 5) -> pd.DataFrame:
+    """The ``k`` most frequent (true -> predicted) mistakes: images, and their share of the true class (%)."""
+    m = torch.as_tensor(matrix).long().clone()
+    totals = m.sum(dim=1)
+    m.fill_diagonal_(-1)
+    order = torch.argsort(m.flatten(), descending=True, stable=True)[:k]
+    rows = []
+    for flat in order.tolist():
+        t, p = divmod(flat, len(classes))
+        if int(m[t, p]) <= 0:
+            break
+        rows.append({"true": classes[t], "predicted": classes[p], "images": int(m[t, p]),
+                     "% of true class": 100.0 * int(m[t, p]) / max(int(totals[t]), 1)})
+    return pd.DataFrame(rows, columns=["true", "predicted", "images", "% of true class"])
+
+
 def misclassified(p: Predictions, k: int = 16) -> torch.Tensor:
     """Indices of up to ``k`` wrongly classified images, the most confidently wrong first."""
     wrong = torch.nonzero(p.preds != p.labels).flatten()
@@ -135,6 +151,12 @@ def forward_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
     return total // input_size[0]
 
 
+def _threads(records) -> str:
+    """The CPU thread counts the runs had, e.g. "2" or "1, 2" (runs of one model may differ)."""
+    counts = sorted({str(r.env.get("threads", "?")) for r in records})
+    return ", ".join(counts)
+
+
 def cost_table(groups) -> pd.DataFrame:
     """One row per model (``groups``: label -> run records of its seeds): parameters, forward
     multiply-accumulates per 32x32 image, and the recorded wall time per run and per epoch
@@ -149,6 +171,5 @@ def cost_table(groups) -> pd.DataFrame:
                      "MMACs / image": forward_macs(model) / 1e6, "runs": len(records),
                      "wall per run (min)": sum(walls) / len(walls) / 60,
                      "s per epoch": sum(w / e for w, e in zip(walls, epochs)) / len(walls),
-                     "device": f"{rec.metrics['device']} ({rec.metrics['precision']}, "
-                               f"{rec.env.get('threads', '?')} threads)"})
+                     "device": f"{rec.metrics['device']} ({rec.metrics['precision']}, {_threads(records)} threads)"})
     return pd.DataFrame(rows)

@@ -24,7 +24,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from urllib.parse import quote
 import yaml
 
 from cifarlib import atomic, paths
-from cifarlib.errors import CifarlibError
+from cifarlib.errors import CifarlibError, first_line
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 KERNEL_ENV = {paths.ENV_PROGRESS: "0", "TQDM_DISABLE": "1"}  # no progress bars in the PDF
@@ -155,7 +154,7 @@ def read_params_file(path: str | None) -> list[tuple[str, str, object]]:
     except OSError as err:
         raise CifarlibError(f"cannot read --params-file {path} ({err.strerror}); check the path") from None
     except yaml.YAMLError as err:
-        raise CifarlibError(f"--params-file {path} is not valid YAML ({str(err).splitlines()[0]}); fix it") from None
+        raise CifarlibError(f"--params-file {path} is not valid YAML ({first_line(err)}); fix it") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise CifarlibError(f"--params-file {path} must map 'all' or a notebook to NAME: VALUE pairs, "
                             f"e.g. {{all: {{seed: 1}}, 03_improved: {{seeds: 3}}}}")
@@ -229,7 +228,7 @@ def execute(part: Part, build: Path) -> None:
     except papermill.PapermillExecutionError as err:
         part.error = describe_failure(err, part)
     except Exception as err:  # the kernel died or could not start: still a failed part, not a crash
-        part.error = f"{type(err).__name__}: {_first_line(str(err))}"
+        part.error = f"{type(err).__name__}: {first_line(str(err))}"
     finally:
         part.seconds = time.perf_counter() - start
         if tmp.exists():
@@ -246,13 +245,8 @@ def describe_failure(err, part: Part) -> str:
     tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
     injected_at = tagged[0] + 1 if tagged and part.params else None
     index = err.cell_index - 1 if injected_at is not None and err.cell_index > injected_at else err.cell_index
-    line = _first_line(err.source)
-    return f"cell {index} ({line!r}) raised {err.ename}: {_first_line(err.evalue)}"
-
-
-def _first_line(text: str, limit: int = 160) -> str:
-    line = next((s.strip() for s in str(text).splitlines() if s.strip()), "")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    line = first_line(err.source)
+    return f"cell {index} ({line!r}) raised {err.ename}: {first_line(err.evalue)}"
 
 
 def run_notebooks(parts: list[Part], build: Path, keep_going: bool) -> None:
@@ -499,12 +493,12 @@ def used_runs(runs_dir: Path, log: Path) -> tuple[list, str]:
     try:
         if logged:
             return [runs.load_run(d) for d in logged if runs.is_finished(d)], "logged by this build's notebooks"
-        code = getattr(runs, "code_version", lambda: None)()
-        found = [r for r in runs.find_runs(runs_dir=runs_dir) if code is None or r.env.get("code_version") == code]
+        found = [r for r in runs.find_runs(runs_dir=runs_dir)
+                 if r.env.get("code_version") == runs.code_version(r.config.model)]
         return found[::-1], f"of the current training code found in `{runs_dir}`"  # oldest (first made) first
     except Exception as err:  # an unreadable record must not sink the report
-        print(f"warning: could not read the run records: {_first_line(str(err))}", file=sys.stderr)
-        return [], f"could be read ({_first_line(str(err))})"
+        print(f"warning: could not read the run records: {first_line(str(err))}", file=sys.stderr)
+        return [], f"could be read ({first_line(str(err))})"
 
 
 def _as_dict(obj) -> dict:
@@ -729,13 +723,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def prepare_out(out: Path) -> Path:
     """``out/build`` exists and ``out`` is writable, or a one-line error."""
-    try:
-        (out / "build").mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise CifarlibError(f"cannot write to output folder {out} ({err.strerror}); "
-                            f"choose another with --out") from None
+    atomic.writable_dir(out, what="to output folder", remedy="choose another with --out")
+    atomic.writable_dir(out / "build", what="to output folder", remedy="choose another with --out")
     return out
 
 

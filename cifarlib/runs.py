@@ -18,12 +18,15 @@ CONTRACT (other modules rely on these names; keep them):
     prepare_splits(cfg, data=None, data_root=None) -> Splits   (memoized in-process)
 
 The folder hash covers the config, the data identity (data set + selection + split) and the code
-version: a hash of the source of train.py, data.py and models/*.py, so that editing a notebook, the
-report or a docstring elsewhere keeps the cache, while a change to the training code retrains.
+version: a hash of the code of the engine (train.py, data.py, models/__init__.py) and of the module
+that defines the run's model (their syntax trees, without comments and docstrings). Editing a
+notebook, the report, a comment, a docstring or another model's module keeps the cache; a change to
+the code that trains this model retrains it.
 """
 
 from __future__ import annotations
 
+import ast
 import datetime
 import hashlib
 import json
@@ -32,7 +35,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,17 +55,35 @@ PACKAGE = Path(__file__).resolve().parent
 
 # ---- identity of a run ---------------------------------------------------------------------------
 
-def code_version() -> str:
-    """Hash of the code that decides what a training run computes."""
-    sources = [PACKAGE / "train.py", PACKAGE / "data.py", *sorted((PACKAGE / "models").glob("*.py"))]
+def _code_only(source: str) -> str:
+    """``source``'s syntax tree without docstrings (the parser drops comments and layout)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_version(model: str | None = None) -> str:
+    """Hash of the code that decides what a training run of ``model`` computes: the engine (train.py,
+    data.py, models/__init__.py) and the module that defines ``model`` (None: every model module).
+    Comments and docstrings are excluded."""
+    folder = PACKAGE / "models"
+    if model is None:
+        modules = sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
+    else:
+        modules = [folder / models.module_name(model)]
     digest = hashlib.sha256()
-    for path in sources:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in [PACKAGE / "train.py", PACKAGE / "data.py", folder / "__init__.py", *modules]:
+        digest.update(path.name.encode() + b"\0" + _code_only(path.read_text()).encode() + b"\0")
     return digest.hexdigest()[:12]
 
 
 def run_hash(cfg: train.TrainConfig, data_identity: str) -> str:
-    key = {"config": cfg.to_dict(), "data": data_identity, "code": code_version()}
+    key = {"config": cfg.to_dict(), "data": data_identity, "code": code_version(cfg.model)}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -155,7 +175,8 @@ def load_weights(model: nn.Module, path: Path, saved_model: str = "?") -> nn.Mod
 def _env(run: train.Run) -> dict:
     device = torch.device(run.metrics["device"])
     return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": _dirty(),
-            "code_version": code_version(), "torch": torch.__version__, "torchvision": _version("torchvision"),
+            "code_version": code_version(run.config.model), "torch": torch.__version__,
+            "torchvision": _version("torchvision"),
             "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
             "device_name": _device_name(device), "threads": torch.get_num_threads(), "wall_s": run.wall_s,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -241,17 +262,6 @@ def find_runs(name: str | None = None, runs_dir=None) -> list[RunRecord]:
     return [r for r in records if name is None or r.config.name == name]
 
 
-def _writable_dir(folder: Path) -> Path:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise CifarlibError(f"cannot write run records to {folder} ({err.strerror or err}); "
-                            f"pass runs_dir=/--runs-dir or set {paths.ENV_RUNS} to a writable folder") from None
-    return folder
-
-
 def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None, force: bool = False,
                   progress: bool | None = None) -> RunRecord:
     """The finished run of ``cfg`` on this data with this code, trained now if there is none.
@@ -260,7 +270,8 @@ def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=No
     then the KeyboardInterrupt is raised again so that a notebook or script stops; the next call
     trains it again from the start.
     """
-    root = _writable_dir(paths.runs_dir(runs_dir))  # before loading data or training: fail fast
+    root = atomic.writable_dir(paths.runs_dir(runs_dir), what="run records to",  # before loading data: fail fast
+                              remedy=f"pass runs_dir=/--runs-dir or set {paths.ENV_RUNS} to a writable folder")
     splits = prepare_splits(cfg, data, data_root)
     run_dir = root / f"{cfg.name}-{run_hash(cfg, splits.identity)}"
     if not force and is_finished(run_dir):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from cifarlib import data, paths
 
@@ -27,3 +28,13 @@ def real_cifar10():
 def real_mnist():
     """The real MNIST from $CIFARLIB_MNIST_DATA (skips when unset)."""
     return _real("mnist", paths.ENV_MNIST)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test's torch work on one thread: tiny models gain nothing from a second one, and on a
+    busy shared CPU OpenMP's spin-waiting threads make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -52,15 +52,6 @@ def test_synthetic_rejects_bad_shape():
         D.synthetic(num_classes=1)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions gain nothing from intra-op threads and lose much on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_synthetic_is_learnable_by_a_small_cnn_even_in_grayscale(one_thread):
     torch.manual_seed(0)
     ds = D.synthetic(n_train=1000, n_test=300, num_classes=10, channels=1, size=12, seed=0)

@@ -16,16 +16,10 @@ from cifarlib.ablation import AblationResult, Change
 from cifarlib.errors import CifarlibError
 from cifarlib.experiments.improved import ABLATION, ABLATION_REFERENCE
 from cifarlib.models import build_model, count_params
-from cifarlib.models.cifar import PatchWhitening
+from cifarlib.models.whitened import PatchWhitening
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 IMPROVED_EXPERIMENTS = [e for e in experiments.names() if experiments.get(e).part == "improved"]
@@ -168,6 +162,22 @@ def test_delta_table_sorts_by_validation_gain_against_the_reference_mean():
     assert lines[0].split()[1] == "b" and "helped" in lines[0] and "within noise" in lines[1] and "hurt" in lines[2]
 
 
+def test_check_claims_holds_the_discussion_to_the_measured_verdicts():
+    changes = [Change("a", "A", {}), Change("b", "B", {}), Change("c", "C", {})]
+    result = AblationResult(reference=[_fake(0.60, 0.58), _fake(0.62, 0.60)],
+                            variants={"a": _fake(0.55, 0.70), "b": _fake(0.70, 0.50), "c": _fake(0.61, 0.59)},
+                            changes=changes)
+    table = ablation.delta_table(result)
+    checked = ablation.check_claims(table, 1.0, {"b": "helped", "a": "within noise", "c": "within noise"})
+    assert checked.set_index("change")["measured"].to_dict() == {"b": "helped", "a": "hurt", "c": "within noise"}
+    assert checked["agrees"].tolist() == [True, False, True]
+    assert ablation.check_claims(table, 7.0, {"a": "within noise"})["agrees"].all()  # a wider band: -6 is noise
+    with pytest.raises(CifarlibError, match="did not run"):
+        ablation.check_claims(table, 1.0, {"dropout": "hurt"})
+    with pytest.raises(CifarlibError, match="claims must be one of"):
+        ablation.check_claims(table, 1.0, {"a": "great"})
+
+
 def test_delta_table_can_score_runs_at_their_lowest_validation_loss():
     def run(final, best, epoch):
         return {**_fake(final, final), "best_val_acc": best, "best_test_acc": best, "best_epoch": epoch}
@@ -230,6 +240,10 @@ def test_confusion_matrix_by_hand():
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
     table = evaluation.per_class_table(cm, ["a", "b", "c"])
     assert table["most confused with"].tolist() == ["b (1)", "-", "a (1)"]
+    cm = evaluation.confusion_matrix([0, 0, 0, 1, 2, 2, 2, 2], [1, 1, 0, 1, 0, 2, 2, 1], 3)
+    top = evaluation.top_confusions(cm, ["a", "b", "c"], k=5)
+    assert top[["true", "predicted", "images"]].values.tolist() == [["a", "b", 2], ["c", "a", 1], ["c", "b", 1]]
+    assert top["% of true class"].tolist() == pytest.approx([200 / 3, 25.0, 25.0])
 
 
 def test_misclassified_gallery_shows_the_most_confident_mistakes_first(tiny_run):
@@ -254,3 +268,30 @@ def test_predict_keeps_the_order_of_the_images():
     with torch.no_grad():
         torch.testing.assert_close(probs, model.eval()(x).softmax(dim=1), atol=1e-5, rtol=1e-4)
     assert preds.tolist() == probs.argmax(dim=1).tolist()
+
+
+def test_model_b_convs_start_as_identities_and_train_only_bn_shifts():
+    from cifarlib.models.whitened import ConvGroup
+
+    torch.manual_seed(0)
+    group = ConvGroup(8, 16, residual=False, bn_scale=False, dirac=True)
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(group.conv1(x)[:, :8], x)  # the first 8 of 16 filters pass their channel on
+    h = torch.randn(2, 16, 3, 3)
+    torch.testing.assert_close(group.conv2(h), h)  # 16 -> 16: all identities at the start
+    assert not group.bn1.weight.requires_grad and group.bn1.bias.requires_grad
+    model = build_model("improved_b")
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"whiten.conv.weight"} | {f"groups.{g}.bn{i}.weight" for g in range(3) for i in (1, 2)}
+
+
+def test_whitening_runs_in_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    layer = PatchWhitening(3)
+    x = torch.randn(16, 3, 8, 8)
+    layer.train()(x)  # sets the filters from this batch
+    want = layer.eval()(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)

@@ -310,6 +310,8 @@ REAL = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL, reason="no notebooks in notebooks/ yet")
+@pytest.mark.skipif(not (os.environ.get(paths.ENV_DATA) and os.environ.get(paths.ENV_MNIST)),
+                    reason=f"the real report needs real data: set {paths.ENV_DATA} and {paths.ENV_MNIST}")
 def test_real_quick_report(tmp_path):
     """The real notebooks on the quick profile: PDF with every part's heading and figures, and HTML."""
     out = tmp_path / "report"

@@ -14,13 +14,7 @@ from cifarlib.models import build_model
 from cifarlib.train import TrainConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread; on a busy shared CPU it makes them much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +70,26 @@ def test_config_or_data_change_misses_the_cache(ds, tmp_path):
     assert len(runs.find_runs("tiny", runs_dir=tmp_path)) == 3 and runs.find_runs("other", tmp_path) == []
 
 
-def test_code_version_covers_training_code_only(tmp_path, monkeypatch):
+def test_code_version_covers_the_engine_and_the_models_own_module(tmp_path, monkeypatch):
     pkg = tmp_path / "cifarlib"
     shutil.copytree(runs.PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(runs, "PACKAGE", pkg)
-    before = runs.code_version()
+    before = {m: runs.code_version(m) for m in ("baseline", "improved_b", None)}
+    assert before["baseline"] != before["improved_b"]
     (pkg / "plots.py").write_text("# an edit outside the training code\n")
     (pkg / "experiments" / "baseline.py").write_text("# a description edit\n")
-    assert runs.code_version() == before
-    with open(pkg / "models" / "cifar.py", "a") as f:
-        f.write("\n# an edit to a model\n")
-    assert runs.code_version() != before
+    assert {m: runs.code_version(m) for m in before} == before
+    cifar = pkg / "models" / "cifar.py"
+    source = cifar.read_text()
+    cifar.write_text(source.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n")  # docs only: same code
+    assert {m: runs.code_version(m) for m in before} == before
+    cifar.write_text(source.replace("padding=2", "padding=1", 1))  # an edit to what the baseline computes
+    after = {m: runs.code_version(m) for m in before}
+    assert after["baseline"] != before["baseline"] and after[None] != before[None]
+    assert after["improved_b"] == before["improved_b"]  # defined in whitened.py: its runs stay cached
+    train_py = pkg / "train.py"
+    train_py.write_text(train_py.read_text().replace("CHECK_EVERY = 25", "CHECK_EVERY = 26"))
+    assert all(runs.code_version(m) != after[m] for m in after)  # the engine: every model
 
 
 def test_a_run_without_the_done_marker_is_never_taken_as_finished(ds, tmp_path):

@@ -6,6 +6,7 @@ well under a second or two.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -18,14 +19,7 @@ from cifarlib.errors import CifarlibError
 from cifarlib.train import TrainConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared, busy CPU OpenMP's spin-waiting
-    threads make them many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +128,9 @@ def test_fit_learns_synthetic_data_and_records_history(splits):
     assert run.status == "finished"
     assert [r["epoch"] for r in run.history] == [1.0, 2.0, 3.0]
     assert all(list(r) == train.HISTORY_COLUMNS for r in run.history)
-    steps_per_epoch = math.ceil(len(splits.train) / 32)
+    steps_per_epoch = len(splits.train) // 32  # the incomplete last batch is dropped
     assert [r["step"] for r in run.history] == [steps_per_epoch * k for k in (1, 2, 3)]
-    assert run.history[-1]["examples_seen"] == 3 * len(splits.train)
+    assert run.history[-1]["examples_seen"] == 3 * steps_per_epoch * 32
     assert run.metrics["final_val_acc"] > 0.8 and run.metrics["final_test_acc"] > 0.8  # chance: 0.1
     assert run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     m = run.metrics
@@ -150,8 +144,8 @@ def test_fit_learns_synthetic_data_and_records_history(splits):
 def test_eval_every_steps_adds_points_within_epochs(splits):
     run = fit(splits, epochs=1, eval_every_steps=5, train_eval_size=0)
     steps = [r["step"] for r in run.history]
-    assert steps == [5, 10, 15, 17]  # 17 steps per epoch: every 5 steps, plus the epoch end
-    assert run.history[0]["epoch"] == pytest.approx(5 / 17)
+    assert steps == [5, 10, 15, 16]  # 16 full batches of 32 per epoch: every 5 steps, plus the epoch end
+    assert run.history[0]["epoch"] == pytest.approx(5 / 16)
     assert math.isnan(run.history[0]["train_loss"])  # train_eval_size=0 skips the train-subset evaluation
 
 
@@ -305,3 +299,30 @@ def test_cli_bad_device_and_clashing_set_keys_are_one_line_errors(args, message,
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_norm_lr_scale_speeds_up_normalization_parameters_only():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
+
+    def one_step(scale, wd=0.0, zero_grad=False):
+        model = copy.deepcopy(net)
+        cfg = tiny(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=wd, norm_lr_scale=scale)
+        opt = train.make_optimizer(model, cfg)
+        F.cross_entropy(model(x), y).backward()
+        if zero_grad:  # only the weight decay moves the weights
+            for p in model.parameters():
+                p.grad.zero_()
+        opt.step()
+        return {k: (v - dict(net.named_parameters())[k]).detach() for k, v in model.named_parameters()}
+
+    plain, fast = one_step(1.0), one_step(64.0)
+    for name in plain:
+        factor = 64.0 if name.startswith("1.") else 1.0  # module 1 is the BatchNorm
+        torch.testing.assert_close(fast[name], factor * plain[name])
+    plain, fast = one_step(1.0, wd=0.5, zero_grad=True), one_step(64.0, wd=0.5, zero_grad=True)
+    for name in plain:  # the decay per step is the same in every group
+        torch.testing.assert_close(fast[name], plain[name])
+    with pytest.raises(CifarlibError, match="norm_lr_scale"):
+        tiny(norm_lr_scale=0)

@@ -1,7 +1,8 @@
 """Model registry. Notebooks and configs name models by string: ``build_model("baseline")``.
 
 Each family lives in its own module and registers its builders with :func:`register`:
-``cifar`` (Table-1 baseline and the improved CNNs), ``transfer`` (ResNet18), ``mnist`` (LeNet-style nets).
+``cifar`` (Table-1 baseline, its variants and Model A), ``whitened`` (Model B), ``transfer`` (ResNet18),
+``mnist`` (LeNet-style nets).
 """
 
 from __future__ import annotations
@@ -53,9 +54,19 @@ def build_model(name: str, **kw) -> nn.Module:
         raise CifarlibError(f"model {name!r} does not take these arguments {sorted(kw)}: {err}") from None
 
 
+def module_name(name: str) -> str:
+    """The file name of the module that defines model ``name`` (e.g. "cifar.py")."""
+    import inspect
+    from pathlib import Path
+
+    if name not in _REGISTRY:
+        raise CifarlibError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    return Path(inspect.getsourcefile(_REGISTRY[name][0])).name
+
+
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 # Import the families so that they register themselves.
-from cifarlib.models import cifar, mnist, transfer  # noqa: E402,F401
+from cifarlib.models import cifar, mnist, transfer, whitened  # noqa: E402,F401

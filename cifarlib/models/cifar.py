@@ -6,17 +6,15 @@ and the two improved models of report part 3.
   size, pooling vs strided convolution, dropout, weight initialisation); with no switches set it *is*
   the Table-1 network, so each ablation entry is "the baseline with one switch turned".
 - ``improved_a``: a compact member of that family (two 3x3 conv-BN-ReLU per stage).
-- ``improved_b``: a wider network in the style of the fastest CIFAR-10 trainers: a patch-whitening
-  first layer set from the data, three conv-pool-BN-GELU groups with a skip, global max pooling.
+
+Model B (``improved_b``) lives in :mod:`cifarlib.models.whitened`.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 from torch import nn
-from torch.nn import functional as F
 
 from cifarlib.errors import CifarlibError
 from cifarlib.models import register
@@ -143,127 +141,3 @@ IMPROVED_A = dict(widths=(32, 64, 128), depth=2, kernel=3, bn=True, downsample="
 @register("improved_a", "Model A: Table-1 layout, 2x(conv3x3-BN-ReLU) per stage, 32/64/128, Dense 64, Dense 10")
 def improved_a(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Module:
     return Table1Variant(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **IMPROVED_A)
-
-
-# --------------------------------------------------------------------------------------------
-# Model B: patch whitening + three conv groups
-# --------------------------------------------------------------------------------------------
-
-
-class PatchWhitening(nn.Module):
-    """A fixed ``kernel`` x ``kernel`` convolution (no padding) that whitens image patches.
-
-    Its filters are the eigenvectors of the patch covariance, each divided by the square root of its
-    eigenvalue (plus ``eps``), so the outputs are decorrelated with unit variance. They are computed
-    from the first training batch the layer sees (the data decides them, not a random draw), then
-    frozen; only the bias trains. Both signs of every response are passed on, so a following
-    GELU/ReLU discards nothing. ``ready`` (a buffer, saved with the weights) records that it is set.
-    """
-
-    def __init__(self, in_channels: int = 3, kernel: int = 2, eps: float = 5e-4):
-        super().__init__()
-        n = in_channels * kernel * kernel
-        self.conv = nn.Conv2d(in_channels, n, kernel, bias=True)
-        self.conv.weight.requires_grad_(False)
-        nn.init.zeros_(self.conv.bias)
-        self.eps = eps
-        self.out_channels = 2 * n
-        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
-
-    @torch.no_grad()
-    def fit_patches(self, x: torch.Tensor) -> None:
-        """Set the filters from the patches of the batch ``x`` (N, C, H, W)."""
-        k, w = self.conv.kernel_size[0], self.conv.weight
-        with torch.autocast(x.device.type, enabled=False):
-            patches = F.unfold(x.float(), k).transpose(1, 2).reshape(-1, w.shape[0])  # (N*L, C*k*k)
-            patches = patches - patches.mean(0)
-            eigval, eigvec = torch.linalg.eigh(patches.T @ patches / len(patches))
-            filters = eigvec.T / torch.sqrt(eigval.clamp_min(0) + self.eps)[:, None]
-        w.copy_(filters.reshape(w.shape).to(w.dtype))
-        self.ready.fill_(True)
-
-    def forward(self, x):
-        if self.training and not bool(self.ready):
-            self.fit_patches(x)
-        y = self.conv(x)
-        return torch.cat([y, -y], dim=1)
-
-
-class ConvGroup(nn.Module):
-    """conv 3x3 -> max-pool 2x2/2 -> BN -> GELU, then conv 3x3 -> BN -> GELU, with (``residual``) the
-    pooled activation added back: the second conv learns a correction to the first. Pooling right
-    after the first conv makes BN, GELU and the second conv work on a quarter of the positions."""
-
-    def __init__(self, c_in: int, c_out: int, residual: bool = True):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.pool = nn.MaxPool2d(2)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.act1 = nn.GELU()
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.act2 = nn.GELU()
-        self.residual = residual
-
-    def forward(self, x):
-        x = self.act1(self.bn1(self.pool(self.conv1(x))))
-        y = self.act2(self.bn2(self.conv2(x)))
-        return x + y if self.residual else y
-
-
-class Scale(nn.Module):
-    """Multiply by a constant (no parameters)."""
-
-    def __init__(self, factor: float):
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x):
-        return x * self.factor
-
-    def extra_repr(self) -> str:
-        return f"factor={self.factor:.4g}"
-
-
-class WhitenedNet(nn.Module):
-    """PatchWhitening -> GELU -> ConvGroup x len(widths) -> global max-pool -> Dense (no bias) -> x ``logit_scale``.
-
-    For 32x32 inputs the sides are 31 (2x2 whitening, no padding) -> 15 -> 7 -> 3 -> 1. The small
-    ``logit_scale`` keeps the initial logits near zero, which lets a high learning rate start safely.
-    """
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, widths: Sequence[int] = (64, 256, 256),
-                 residual: bool = True, logit_scale: float = 1 / 9):
-        super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if not widths or min(widths) < 1:
-            raise CifarlibError(f"widths must be positive filter counts, got {list(widths)}")
-        self.whiten = PatchWhitening(in_channels)
-        self.act = nn.GELU()
-        c, groups = self.whiten.out_channels, []
-        for w in widths:
-            groups.append(ConvGroup(c, w, residual))
-            c = w
-        self.groups = nn.Sequential(*groups)
-        self.pool = nn.AdaptiveMaxPool2d(1)
-        self.flatten = nn.Flatten()
-        self.head = nn.Linear(c, num_classes, bias=False)
-        self.scale = Scale(logit_scale)
-
-    def forward(self, x):
-        x = self.groups(self.act(self.whiten(x)))
-        return self.scale(self.head(self.flatten(self.pool(x))))
-
-
-@register("whitened_net", "Patch-whitening stem + conv-pool-BN-GELU groups with skips; switches: widths, residual")
-def whitened_net(in_channels: int = 3, num_classes: int = 10, image_size: int = 32, **switches) -> nn.Module:
-    del image_size  # global pooling: any side >= 16 works
-    return WhitenedNet(in_channels=in_channels, num_classes=num_classes, **switches)
-
-
-IMPROVED_B = dict(widths=(64, 256, 256), residual=True)
-
-
-@register("improved_b", "Model B: 2x2 patch-whitening stem, 3 groups of 2 conv3x3-BN-GELU (64/256/256), max-pool head")
-def improved_b(in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> nn.Module:
-    return whitened_net(in_channels=in_channels, num_classes=num_classes, image_size=image_size, **IMPROVED_B)

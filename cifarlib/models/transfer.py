@@ -30,7 +30,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from cifarlib.errors import CifarlibError
+from cifarlib.errors import CifarlibError, first_line
 from cifarlib.models import register
 from cifarlib.paths import ENV_WEIGHTS
 
@@ -115,9 +115,8 @@ class ResNet18Transfer(nn.Module):
 
 # ---- weights -------------------------------------------------------------------------------------
 
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    text = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {text[:limit]}"
+def _describe(err: BaseException, limit: int = 160) -> str:
+    return f"{type(err).__name__}: {first_line(err, limit)}"
 
 
 def read_weights_file(path) -> dict:
@@ -130,7 +129,7 @@ def read_weights_file(path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a bad file (pickle, zip, EOF, runtime)
         raise CifarlibError(f"ResNet18 weights file {path} cannot be read as a PyTorch state_dict "
-                            f"({_first_line(err)}); replace it with a torchvision resnet18 state_dict "
+                            f"({_describe(err)}); replace it with a torchvision resnet18 state_dict "
                             f"file ({WEIGHTS_FILE})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CifarlibError(f"ResNet18 weights file {path} holds a {type(state).__name__}, not a state_dict "
@@ -175,7 +174,7 @@ def imagenet_state(weights_path=None) -> tuple[dict, str]:
         return _download_imagenet_state(), "torchvision ResNet18_Weights.IMAGENET1K_V1"
     except Exception as err:  # no internet shows up as URLError, socket or SSL errors, ...
         raise CifarlibError(
-            f"no ImageNet weights for ResNet18: torchvision's download failed ({_first_line(err, 80)}) and "
+            f"no ImageNet weights for ResNet18: torchvision's download failed ({_describe(err, 80)}) and "
             f"{ENV_WEIGHTS} is not set; connect to the internet once (torchvision caches the file), or set "
             f"{ENV_WEIGHTS} / weights_path= to a torchvision resnet18 state_dict file ({WEIGHTS_FILE}); "
             f"pretrained=False gives random weights for smoke runs") from None
