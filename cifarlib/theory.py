@@ -437,6 +437,32 @@ def _record(name: str, recurse: bool, rows: list, seen: set, calls: dict, detail
     return hook
 
 
+def _mark_container(name: str, rows: list):
+    """A forward hook that leaves a placeholder where a container's call ends (see _resolve_containers)."""
+
+    def hook(mod, args, out):
+        rows.append(("container", name, mod, _shape_of(out)))
+
+    return hook
+
+
+def _resolve_containers(rows: list, calls: dict, seen: set, details: bool) -> list:
+    """Keep a container's placeholder as a row only when none of its leaves ran (it used their
+    weights directly, e.g. ``F.conv2d(x, self.conv.weight)``): then it is one layer, with its output
+    shape and its parameters. Otherwise its leaves have rows of their own and the placeholder goes."""
+    out = []
+    for row in rows:
+        if not (isinstance(row, tuple) and row[0] == "container"):
+            out.append(row)
+            continue
+        _, name, mod, shape = row
+        leaves = [f"{name}.{n}" for n, m in mod.named_modules() if n and not any(True for _ in m.children())]
+        if not any(leaf in calls for leaf in leaves):
+            out.append([name, type(mod).__name__, shape, *_new_params(mod, True, seen)]
+                       + ([mod.extra_repr()] if details else []))
+    return out
+
+
 def layer_table(model: nn.Module, input_size, details: bool = False) -> pd.DataFrame:
     """One row per executed leaf module (in execution order) for any ``nn.Module``.
 
@@ -446,7 +472,8 @@ def layer_table(model: nn.Module, input_size, details: bool = False) -> pd.DataF
     e.g. ``(1, 3, 32, 32)``, or an input tensor. The model runs once in eval mode under ``no_grad``
     (its train/eval flags are restored). A module called twice gets a second row with 0 parameters;
     shared parameters count once; parameters held directly by a container get a row of their own;
-    leaves that never run are listed last with output shape None. So ``parameters`` always sums to
+    a container that uses its submodules' weights without calling them is one row; leaves that never
+    run are listed last with output shape None. So ``parameters`` always sums to
     ``sum(p.numel() for p in model.parameters())``. A model on the "meta" device gives shapes and
     counts without allocating memory.
     """
@@ -456,9 +483,11 @@ def layer_table(model: nn.Module, input_size, details: bool = False) -> pd.DataF
     targets = [(name or type(m).__name__, m, not any(True for _ in m.children()))
                for name, m in model.named_modules()]
     try:
-        for name, m, leaf in targets:
+        for (name, m, leaf), (qualified, _) in zip(targets, model.named_modules()):
             if leaf or any(True for _ in m.parameters(recurse=False)):
                 hooks.append(m.register_forward_hook(_record(name, leaf, rows, seen, calls, details)))
+            if not leaf and qualified:  # a container that may use its children's weights without calling them
+                hooks.append(m.register_forward_hook(_mark_container(name, rows)))
         with torch.no_grad():
             model.eval()(x)
     except (RuntimeError, ValueError, TypeError) as err:
@@ -470,6 +499,7 @@ def layer_table(model: nn.Module, input_size, details: bool = False) -> pd.DataF
             h.remove()
         for m, training in modes.items():
             m.training = training
+    rows = _resolve_containers(rows, calls, seen, details)
     for name, m, leaf in targets:  # never-called leaves (and containers' own parameters) still count
         total, trainable = _new_params(m, leaf, seen)
         if total:

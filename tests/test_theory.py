@@ -425,3 +425,19 @@ def test_the_check_tables_shown_in_the_notebook_report_agreement():
     assert (theory.batchnorm_check()["largest difference"] < 1e-12).all()
     assert (theory.batchnorm_check((10, 3))["largest difference"] < 1e-12).all()
     assert (theory.backprop_check().iloc[:, 1:] < 1e-12).all().all()
+
+
+def test_layer_table_shows_a_container_that_uses_its_childs_weights_directly_as_one_layer():
+    class Direct(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return F.conv2d(x, self.conv.weight, self.conv.bias)  # self.conv itself never runs
+
+    model = nn.Sequential(Direct(), nn.ReLU())
+    table = theory.layer_table(model, (1, 3, 8, 8))
+    assert table["layer"].tolist() == ["0", "1"]
+    assert table["output shape"].tolist() == [(1, 4, 6, 6), (1, 4, 6, 6)]
+    assert table["parameters"].tolist() == [4 * 3 * 9 + 4, 0]
