@@ -119,7 +119,8 @@ def delta_table(result: AblationResult, prefix: str = "final") -> pd.DataFrame:
         val, test = _acc(run, "val", prefix), _acc(run, "test", prefix)
         rows.append({"change": change.name, "what changed": change.description, "val acc (%)": val,
                      "Δ val (pts)": val - ref["val_mean"], "test acc (%)": test,
-                     "Δ test (pts)": test - ref["test_mean"], "epoch": _metrics(run).get(f"{prefix}_epoch", _metrics(run).get("epochs_run")),
+                     "Δ test (pts)": test - ref["test_mean"],
+                     "epoch": _metrics(run).get(f"{prefix}_epoch", _metrics(run).get("epochs_run")),
                      "wall (s)": _metrics(run).get("wall_s")})
     frame = pd.DataFrame(rows)
     return frame.sort_values("Δ val (pts)", ascending=False, kind="stable").reset_index(drop=True)
@@ -180,15 +181,3 @@ def plot_deltas(table: pd.DataFrame, noise: float | None = None, title: str | No
     fig.tight_layout()
     return fig
 
-
-def reference_lines(result: AblationResult) -> str:
-    """Per reference run (records): validation accuracy after the last epoch vs at the lowest
-    validation loss, and the running training loss of the last epoch, to show how much of the spread
-    between seeds comes from where the last step happened to land."""
-    lines = []
-    for r in result.reference:
-        m = r.metrics
-        lines.append(f"reference seed {r.config.seed}: val acc after the last epoch {100 * m['final_val_acc']:.1f} %, "
-                     f"at the lowest val loss {100 * m['best_val_acc']:.1f} % (epoch {m['best_epoch']:g}); "
-                     f"running train loss in the last epoch {r.history['running_train_loss'].iloc[-1]:.3f}")
-    return "\n".join(lines)

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from cifarlib.errors import CifarlibError
+
 
 def _read_umask() -> int:
     mask = os.umask(0)  # the only way to read it is to set it; done once, at import
@@ -55,8 +57,6 @@ def write_json(target: str | os.PathLike, obj) -> None:
 def writable_dir(folder: Path, remedy: str, what: str = "to") -> Path:
     """``folder`` (created if missing) after proving a file can be written in it, else a one-line
     CifarlibError naming the folder, the reason and ``remedy``."""
-    from cifarlib.errors import CifarlibError
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cifarlib.errors import CifarlibError
+from cifarlib.errors import CifarlibError, first_line
 
 # --------------------------------------------------------------------------------------------
 # Example inputs
@@ -483,15 +483,15 @@ def layer_table(model: nn.Module, input_size, details: bool = False) -> pd.DataF
     targets = [(name or type(m).__name__, m, not any(True for _ in m.children()))
                for name, m in model.named_modules()]
     try:
-        for (name, m, leaf), (qualified, _) in zip(targets, model.named_modules()):
+        for i, (name, m, leaf) in enumerate(targets):
             if leaf or any(True for _ in m.parameters(recurse=False)):
                 hooks.append(m.register_forward_hook(_record(name, leaf, rows, seen, calls, details)))
-            if not leaf and qualified:  # a container that may use its children's weights without calling them
+            if not leaf and i > 0:  # a container (not the model) may use its children's weights without calling them
                 hooks.append(m.register_forward_hook(_mark_container(name, rows)))
         with torch.no_grad():
             model.eval()(x)
     except (RuntimeError, ValueError, TypeError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first_line(err) or type(err).__name__
         raise CifarlibError(f"the model cannot run on an input of shape {tuple(x.shape)} ({first}); "
                             "pass the input shape it expects, batch dimension first") from err
     finally:

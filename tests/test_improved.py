@@ -147,11 +147,15 @@ def _fake(val, test, wall=1.0):
     return {"final_val_acc": val, "final_test_acc": test, "wall_s": wall}
 
 
+def _three_changes() -> AblationResult:
+    """A reference at 61 % val (two seeds) and changes a (-6), b (+9), c (0 points)."""
+    return AblationResult(reference=[_fake(0.60, 0.58), _fake(0.62, 0.60)],
+                          variants={"a": _fake(0.55, 0.70), "b": _fake(0.70, 0.50), "c": _fake(0.61, 0.59)},
+                          changes=[Change("a", "A", {}), Change("b", "B", {}), Change("c", "C", {})])
+
+
 def test_delta_table_sorts_by_validation_gain_against_the_reference_mean():
-    changes = [Change("a", "A", {}), Change("b", "B", {}), Change("c", "C", {})]
-    result = AblationResult(reference=[_fake(0.60, 0.58), _fake(0.62, 0.60)],
-                            variants={"a": _fake(0.55, 0.70), "b": _fake(0.70, 0.50), "c": _fake(0.61, 0.59)},
-                            changes=changes)
+    result = _three_changes()
     table = ablation.delta_table(result)
     assert list(table["change"]) == ["b", "c", "a"]
     assert table["Δ val (pts)"].tolist() == pytest.approx([9.0, 0.0, -6.0])
@@ -163,11 +167,7 @@ def test_delta_table_sorts_by_validation_gain_against_the_reference_mean():
 
 
 def test_check_claims_holds_the_discussion_to_the_measured_verdicts():
-    changes = [Change("a", "A", {}), Change("b", "B", {}), Change("c", "C", {})]
-    result = AblationResult(reference=[_fake(0.60, 0.58), _fake(0.62, 0.60)],
-                            variants={"a": _fake(0.55, 0.70), "b": _fake(0.70, 0.50), "c": _fake(0.61, 0.59)},
-                            changes=changes)
-    table = ablation.delta_table(result)
+    table = ablation.delta_table(_three_changes())
     checked = ablation.check_claims(table, 1.0, {"b": "helped", "a": "within noise", "c": "within noise"})
     assert checked.set_index("change")["measured"].to_dict() == {"b": "helped", "a": "hurt", "c": "within noise"}
     assert checked["agrees"].tolist() == [True, False, True]
