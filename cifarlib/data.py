@@ -86,9 +86,21 @@ class Splits:
 class Augment:
     """Batched, on-device augmentation for training batches."""
 
-    crop_pad: int = 0  # random crop after zero-padding this many pixels per side (0 = off)
+    crop_pad: int = 0  # random crop after padding this many pixels per side (0 = off)
     flip: bool = False  # random horizontal flip with probability 1/2
     cutout: int = 0  # side of a square zeroed at a random position (0 = off)
+    crop_fill: str = "zeros"  # what the crop's padding holds: "zeros" or "reflect" (mirrored edge pixels)
+    flip_alternate: bool = False  # with flip: each image is mirrored in every other epoch (the first epoch
+    #                               draws which half starts mirrored), instead of a new coin toss each epoch
+
+    def __post_init__(self):
+        if self.crop_fill not in CROP_FILLS:
+            raise CifarlibError(f"Augment: crop_fill={self.crop_fill!r} is unknown; use one of {', '.join(CROP_FILLS)}")
+        if self.flip_alternate and not self.flip:
+            raise CifarlibError("Augment: flip_alternate=True needs flip=True; set both, or neither")
+
+
+CROP_FILLS = ("zeros", "reflect")
 
 
 def short_hash(*parts) -> str:
@@ -279,15 +291,27 @@ def _group_bounds(sorted_key: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(k, stop - n, stop) for k, n, stop in zip(keys.tolist(), counts.tolist(), stops)]
 
 
-def _crop_groups(x: torch.Tensor, pad: int, groups: list[tuple[int, int, int]]) -> torch.Tensor:
-    """Crop each group of images at its own offset (dy, dx) from the image zero-padded by ``pad``
-    pixels: one slice copy per group, the padding never materialised. A group's key encodes
-    dy * (2 * pad + 1) + dx (plus a multiple of (2 * pad + 1)^2 for the flip flag, ignored here)."""
+def _mirror_index(n: int, shift: int, device) -> torch.Tensor:
+    """Source positions i + shift for i in 0..n-1, mirrored at the edges without repeating the edge
+    pixel (-1 -> 1, n -> n - 2), as ``F.pad(mode="reflect")``; needs |shift| < n."""
+    i = torch.arange(n, device=device) + shift
+    return torch.where(i < 0, -i, torch.where(i > n - 1, 2 * (n - 1) - i, i))
+
+
+def _crop_groups(x: torch.Tensor, pad: int, groups: list[tuple[int, int, int]], fill: str = "zeros") -> torch.Tensor:
+    """Crop each group of images at its own offset (dy, dx) from the image padded by ``pad`` pixels
+    (``fill``: zeros, or the mirrored image): one copy per group, the padding never materialised. A
+    group's key encodes dy * (2 * pad + 1) + dx (plus a multiple of (2 * pad + 1)^2 for the flip flag,
+    ignored here)."""
     _, _, h, w = x.shape
     side = 2 * pad + 1
     out = torch.zeros_like(x)
     for key, a, b in groups:
         sy, sx = (key % (side * side)) // side - pad, key % side - pad  # shift in source pixels
+        if fill == "reflect":
+            rows, cols = _mirror_index(h, sy, x.device), _mirror_index(w, sx, x.device)
+            out[a:b] = x[a:b].index_select(2, rows).index_select(3, cols)
+            continue
         r0, r1, c0, c1 = max(0, -sy), min(h, h - sy), max(0, -sx), min(w, w - sx)
         if r0 < r1 and c0 < c1:
             out[a:b, :, r0:r1, c0:c1] = x[a:b, :, r0 + sy:r1 + sy, c0 + sx:c1 + sx]
@@ -306,7 +330,7 @@ def _cutout(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> t
 
 def apply_augment(images: torch.Tensor, augment: Augment, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """Augment uint8 images (N, C, H, W) with the choices in ``params`` (see
-    :func:`draw_augment_params`): crop from the zero-padded image, then flip, then cutout.
+    :func:`draw_augment_params`): crop from the padded image, then flip, then cutout.
 
     Vectorised without per-image Python work: images are sorted so that those sharing a crop
     offset and flip flag sit together (at most 2 * (2p + 1)^2 groups), each group is one slice
@@ -322,7 +346,7 @@ def apply_augment(images: torch.Tensor, augment: Augment, params: dict[str, torc
     order = torch.argsort(key, stable=True)
     x = images.index_select(0, order)
     if p and len(images):
-        x = _crop_groups(x, p, _group_bounds(key[order]))
+        x = _crop_groups(x, p, _group_bounds(key[order]), augment.crop_fill)
     if augment.flip:
         first_flipped = int((~params["flip"]).sum())
         x[first_flipped:] = x[first_flipped:].flip(3)
@@ -391,6 +415,12 @@ class Loader:
         x = u8.to(torch.float32).mul_(self.scale).add_(self.shift).to(self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _first_flip(self) -> torch.Tensor:
+        """flip_alternate: per image (by index), whether it is mirrored in epoch 0 (then every even epoch);
+        drawn from the seed alone, so that it holds for the whole run."""
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, -1))
+        return torch.rand(len(self.labels), generator=gen) < 0.5
+
     def __iter__(self):
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         self.epoch += 1
@@ -398,6 +428,8 @@ class Loader:
         order = torch.randperm(len(self.labels), generator=gen)[:n] if self.shuffle else torch.arange(n)
         _, _, h, w = self.images.shape
         params = draw_augment_params(n, self.augment, h, w, gen) if self.augment else {}
+        if self.augment and self.augment.flip_alternate:
+            params["flip"] = self._first_flip()[order] ^ bool((self.epoch - 1) % 2)
         order = order.to(self.device)
         for start in range(0, n, self.chunk):
             idx = order[start:start + self.chunk]

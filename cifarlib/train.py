@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlib import models, paths
-from cifarlib.data import Augment, ImageSet, Loader, Splits
+from cifarlib.data import CROP_FILLS, Augment, ImageSet, Loader, Splits
 from cifarlib.errors import CifarlibError
 
 # One row of the history per evaluation point.
@@ -48,6 +48,8 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle")
 LOSSES = ("cross_entropy", "mse")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LOOKAHEAD_EVERY = 5  # steps between lookahead averages (TrainConfig.lookahead)
+LOOKAHEAD_DECAY = 0.95 ** LOOKAHEAD_EVERY  # the slow copy's share at the end of the run
 CHECK_EVERY = 25  # steps between reads of the running loss (divergence check, progress bar): each read syncs a GPU
 
 
@@ -83,9 +85,13 @@ class TrainConfig:
     label_smoothing: float = 0.0  # target smoothing, 0..1 (cross-entropy, and the one-hot targets of mse)
     loss: str = "cross_entropy"  # "cross_entropy" | "mse" (softmax probabilities vs one-hot targets)
     grad_clip: float | None = None  # max global gradient norm, None = off
+    lookahead: bool = False  # every LOOKAHEAD_EVERY steps average the weights into a slow copy and restart from
+    #                          it; the slow copy's memory grows over the run and it is the final model (see fit)
     # augmentation (training batches only)
     crop_pad: int = 0  # random crop after padding this many pixels (0 = off)
+    crop_fill: str = "zeros"  # the crop's padding: "zeros" | "reflect" (mirrored edge pixels)
     flip: bool = False  # random horizontal flip
+    flip_alternate: bool = False  # with flip: mirror each image in every other epoch instead of at random
     cutout: int = 0  # cutout square side in pixels (0 = off)
     # evaluation and stopping
     eval_every_steps: int | None = None  # also evaluate every N optimizer steps (None: once per epoch)
@@ -166,6 +172,7 @@ _RULES = {
     "loss": _choices(LOSSES),
     "grad_clip": (lambda v: 0 < v < math.inf, "a finite number > 0, or None"),
     "crop_pad": (lambda v: v >= 0, "an integer >= 0"),
+    "crop_fill": _choices(CROP_FILLS),
     "cutout": (lambda v: v >= 0, "an integer >= 0"),
     "eval_every_steps": (lambda v: v >= 1, "an integer >= 1, or None"),
     "train_eval_size": (lambda v: v >= 0, "an integer >= 0"),
@@ -182,6 +189,8 @@ def _check_values(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and not ok(value):
             raise CifarlibError(f"config {key}={value!r} is not allowed; use {allowed}")
+    if cfg.flip_alternate and not cfg.flip:
+        raise CifarlibError("config flip_alternate=True needs flip=True; set both, or neither")
     if cfg.nesterov and cfg.momentum == 0:
         raise CifarlibError("config nesterov=True needs momentum > 0; set momentum (e.g. 0.9) or nesterov=False")
     if cfg.early_stop_patience and cfg.val_fraction == 0 and cfg.val_size is None:
@@ -407,7 +416,8 @@ def train_eval_subset(train: ImageSet, size: int, seed: int) -> ImageSet:
 
 def _loaders(splits: Splits, cfg: TrainConfig, device: torch.device):
     common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=cfg.channels_last)
-    augment = Augment(crop_pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout)
+    augment = Augment(crop_pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout, crop_fill=cfg.crop_fill,
+                      flip_alternate=cfg.flip_alternate)
     # An incomplete last batch is dropped (each epoch reshuffles, so every image is still used): its gradient
     # is noisier at the same lr. Measured on the Table-1 baseline (SGD lr 0.05, no momentum) from its
     # epoch-5 weights (val acc 64.1%): one step on 8 images (45,000 % 64) left 50-62% val accuracy, one
@@ -428,6 +438,24 @@ def _evaluate_splits(net, loaders: dict, cfg: TrainConfig, precision: str) -> di
         out[f"{split}_loss"], out[f"{split}_acc"] = evaluate(net, loader, loader.device, cfg.tta_flip, cfg.loss,
                                                              precision)
     return out
+
+
+class Lookahead:
+    """A slow copy of every floating-point weight and buffer (BN statistics included). ``pull(step,
+    total)`` blends it with the current weights, slow = d * slow + (1 - d) * fast, and copies the result
+    back, with d = LOOKAHEAD_DECAY * (step / total) ** 3: close to 0 early (training runs as without it),
+    rising to LOOKAHEAD_DECAY at the end, where it averages the last steps' weights."""
+
+    def __init__(self, model: nn.Module):
+        self.fast = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.slow = [t.detach().clone() for t in self.fast]
+
+    @torch.no_grad()
+    def pull(self, step: int, total: int) -> None:
+        decay = LOOKAHEAD_DECAY * (step / total) ** 3
+        for slow, fast in zip(self.slow, self.fast):
+            slow.lerp_(fast, 1 - decay)
+            fast.copy_(slow)
 
 
 def _batches(loader, epochs: int):
@@ -473,13 +501,15 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
+    lookahead = Lookahead(model) if cfg.lookahead else None
+    total_steps = cfg.epochs * steps_per_epoch
     history, status, best, best_state, stale = [], "finished", None, None, 0
     step = seen = 0
     run_loss = torch.zeros((), device=device)
     run_correct = torch.zeros((), dtype=torch.int64, device=device)
     run_n = 0
     show = paths.progress_enabled() if progress is None else progress
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=cfg.name, unit="step", disable=not show, leave=False)
+    bar = tqdm(total=total_steps, desc=cfg.name, unit="step", disable=not show, leave=False)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)  # dropout and anything else drawing from the global RNG
         net.train()
@@ -490,6 +520,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 loss, correct = train_step(net, optimizer, scaler, x, y, cfg, precision)
                 step, seen, run_n = step + 1, seen + len(y), run_n + len(y)
+                if lookahead and (step % LOOKAHEAD_EVERY == 0 or step == total_steps):
+                    lookahead.pull(step, total_steps)
                 run_loss += loss * len(y)
                 run_correct += correct
                 at_eval = step % steps_per_epoch == 0 or (cfg.eval_every_steps and step % cfg.eval_every_steps == 0)

@@ -153,7 +153,8 @@ def reference_augment(img: torch.Tensor, aug: D.Augment, dy: int, dx: int, flip:
     out = img.clone()
     if aug.crop_pad:
         p = aug.crop_pad
-        out = F.pad(out, (p, p, p, p))[:, dy:dy + h, dx:dx + w]
+        mode = "reflect" if aug.crop_fill == "reflect" else "constant"
+        out = F.pad(out.float(), (p, p, p, p), mode=mode).to(img.dtype)[:, dy:dy + h, dx:dx + w]
     if aug.flip and flip:
         out = out.flip(2)
     if aug.cutout:
@@ -167,6 +168,8 @@ def reference_augment(img: torch.Tensor, aug: D.Augment, dy: int, dx: int, flip:
     (D.Augment(crop_pad=2, flip=True, cutout=5), (200, 1, 9, 14)),  # non-square catches axis mix-ups
     (D.Augment(crop_pad=0, flip=False, cutout=4), (50, 3, 8, 8)),
     (D.Augment(crop_pad=3), (50, 2, 7, 7)),
+    (D.Augment(crop_pad=2, flip=True, crop_fill="reflect"), (300, 3, 12, 12)),
+    (D.Augment(crop_pad=3, crop_fill="reflect", cutout=3), (100, 2, 7, 9)),
 ])
 def test_batched_augment_matches_per_image_reference(aug, shape):
     gen = torch.Generator().manual_seed(0)
@@ -254,6 +257,31 @@ def test_loader_augmented_batches_match_reference(small):
     params = D.draw_augment_params(len(order), aug, 12, 12, gen)
     want = D.apply_augment(small.train.images[order], aug, params)
     assert torch.allclose(x * 255, want.float(), atol=1e-3)
+
+
+def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
+    data = indexed_set(400, size=4)
+    data = D.ImageSet(data.images.clone(), data.labels)
+    data.images[:, 1, :, 0] = 255  # left column marked: a mirrored image has it on the right
+
+    def flipped_by_id(loader):
+        x = torch.cat([b for b, _ in loader])
+        return dict(zip(ids_of(x[..., 1:]), (x[:, 1, 0, -1] > 0.5).tolist()))  # channel 1 holds i // 256 <= 1
+
+    aug = D.Augment(flip=True, flip_alternate=True)
+    loader = D.Loader(data, 64, (0.0, 0.0), (1.0, 1.0), shuffle=True, augment=aug, seed=3)
+    epochs = [flipped_by_id(loader) for _ in range(3)]
+    assert all(len(e) == 400 for e in epochs)
+    assert 150 < sum(epochs[0].values()) < 250  # about half start mirrored
+    assert all(epochs[1][i] != epochs[0][i] and epochs[2][i] == epochs[0][i] for i in range(400))
+    loader.set_epoch(1)  # an epoch's flips depend on the seed and the epoch only
+    assert flipped_by_id(loader) == epochs[1]
+    other = D.Loader(data, 64, (0.0, 0.0), (1.0, 1.0), shuffle=True, augment=aug, seed=4)
+    assert flipped_by_id(other) != epochs[0]
+    with pytest.raises(CifarlibError, match="flip_alternate=True needs flip=True"):
+        D.Augment(flip_alternate=True)
+    with pytest.raises(CifarlibError, match="crop_fill='edge' is unknown; use one of zeros, reflect"):
+        D.Augment(crop_pad=2, crop_fill="edge")
 
 
 def test_loader_channels_last_dtype_and_mean_length_check(small):

@@ -55,6 +55,7 @@ def fit(splits, **kw):
     ("model", "resnet9000", "'baseline'"),
     ("epochs", "3", "int"),
     ("flip", 1, "bool"),
+    ("crop_fill", "edge", "'reflect'"),
 ])
 def test_bad_config_value_names_key_value_and_allowed(key, value, allowed):
     with pytest.raises(CifarlibError) as err:
@@ -80,6 +81,8 @@ def test_cross_field_checks():
         TrainConfig(nesterov=True)
     with pytest.raises(CifarlibError, match="early_stop_patience needs a validation split"):
         TrainConfig(val_fraction=0.0, early_stop_patience=3)
+    with pytest.raises(CifarlibError, match="flip_alternate=True needs flip=True"):
+        TrainConfig(flip_alternate=True)
 
 
 # ---- schedules and losses ------------------------------------------------------------------------
@@ -299,6 +302,36 @@ def test_cli_bad_device_and_clashing_set_keys_are_one_line_errors(args, message,
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_lookahead_blends_a_slow_copy_with_a_decay_that_grows_cubically():
+    net = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    look = train.Lookahead(net)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    moved = {k: v.clone() for k, v in net.state_dict().items()}
+    look.pull(step=5, total=10)
+    d = train.LOOKAHEAD_DECAY * 0.5 ** 3
+    for k, v in net.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, d * start[k] + (1 - d) * moved[k])
+        else:
+            assert torch.equal(v, start[k])  # the BN step counter is left alone
+    assert 0.77 < train.LOOKAHEAD_DECAY < 0.78
+
+
+def test_fit_with_lookahead_ends_on_the_slow_weights(splits, monkeypatch):
+    pulls = []
+    real = train.Lookahead.pull
+    monkeypatch.setattr(train.Lookahead, "pull", lambda self, step, total: (pulls.append(step), real(self, step, total)))
+    run = fit(splits, epochs=2, lookahead=True, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64)
+    steps = run.metrics["steps"]  # 540 images // 64 = 8 per epoch
+    assert steps == 16 and pulls == [5, 10, 15, 16]  # every 5 steps, and at the end
+    assert run.history[-1]["val_acc"] > 0.3
+    plain = fit(splits, epochs=2, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64)
+    assert not torch.equal(next(run.model.parameters()), next(plain.model.parameters()))
 
 
 def test_norm_lr_scale_speeds_up_normalization_parameters_only():
