@@ -338,6 +338,9 @@ def apply_augment(images: torch.Tensor, augment: Augment, params: dict[str, torc
     """
     params = {k: v.to(images.device) for k, v in params.items()}
     p, side = augment.crop_pad, 2 * augment.crop_pad + 1  # offsets per axis
+    if augment.crop_fill == "reflect" and p >= min(images.shape[2:]):
+        raise CifarlibError(f"crop_pad={p} with crop_fill='reflect' needs images wider and taller than {p} pixels "
+                            f"(these are {images.shape[2]}x{images.shape[3]}); use a smaller crop_pad")
     key = torch.zeros(len(images), dtype=torch.int64, device=images.device)
     if p:
         key += params["dy"] * side + params["dx"]  # crop group, 0 .. side^2 - 1

@@ -87,6 +87,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max global gradient norm, None = off
     lookahead: bool = False  # every LOOKAHEAD_EVERY steps average the weights into a slow copy and restart from
     #                          it; the slow copy's memory grows over the run and it is the final model (see fit)
+    #                          (not with early_stop_patience, which would stop between two averages)
     # augmentation (training batches only)
     crop_pad: int = 0  # random crop after padding this many pixels (0 = off)
     crop_fill: str = "zeros"  # the crop's padding: "zeros" | "reflect" (mirrored edge pixels)
@@ -191,6 +192,9 @@ def _check_values(cfg: TrainConfig) -> None:
             raise CifarlibError(f"config {key}={value!r} is not allowed; use {allowed}")
     if cfg.flip_alternate and not cfg.flip:
         raise CifarlibError("config flip_alternate=True needs flip=True; set both, or neither")
+    if cfg.lookahead and cfg.early_stop_patience:
+        raise CifarlibError("config lookahead=True ends on its slow average, which early stopping would skip; "
+                            "set early_stop_patience=None or lookahead=False")
     if cfg.nesterov and cfg.momentum == 0:
         raise CifarlibError("config nesterov=True needs momentum > 0; set momentum (e.g. 0.9) or nesterov=False")
     if cfg.early_stop_patience and cfg.val_fraction == 0 and cfg.val_size is None:
@@ -483,7 +487,10 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
     (``cfg.restore_best``) ends with the best weights. A non-finite running loss stops the run with
     status "diverged"; Ctrl-C stops it with status "interrupted" and the history so far. The loss is
     cross-entropy, or with ``cfg.loss="mse"`` the mean squared error between softmax probabilities
-    and one-hot targets. ``progress``: a tqdm bar (None: on unless CIFARLIB_PROGRESS=0).
+    and one-hot targets. With ``cfg.lookahead`` a slow copy of the weights is taken after the first
+    step (so that layers set from the first batch, like Model B's whitening, are in it), blended in
+    every LOOKAHEAD_EVERY steps and at the last step, and returned as the model. ``progress``: a tqdm
+    bar (None: on unless CIFARLIB_PROGRESS=0).
     """
     from tqdm.auto import tqdm
 
@@ -501,7 +508,7 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    lookahead = Lookahead(model) if cfg.lookahead else None
+    lookahead = None  # with cfg.lookahead: made after the first step, when data-set layers (whitening) are set
     total_steps = cfg.epochs * steps_per_epoch
     history, status, best, best_state, stale = [], "finished", None, None, 0
     step = seen = 0
@@ -520,6 +527,8 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 loss, correct = train_step(net, optimizer, scaler, x, y, cfg, precision)
                 step, seen, run_n = step + 1, seen + len(y), run_n + len(y)
+                if cfg.lookahead and lookahead is None:
+                    lookahead = Lookahead(model)
                 if lookahead and (step % LOOKAHEAD_EVERY == 0 or step == total_steps):
                     lookahead.pull(step, total_steps)
                 run_loss += loss * len(y)

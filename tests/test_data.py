@@ -273,6 +273,8 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
     epochs = [flipped_by_id(loader) for _ in range(3)]
     assert all(len(e) == 400 for e in epochs)
     assert 150 < sum(epochs[0].values()) < 250  # about half start mirrored
+    first = loader._first_flip()
+    assert all(epochs[0][i] == bool(first[i]) for i in range(400))  # epoch 0 uses the drawn choice itself
     assert all(epochs[1][i] != epochs[0][i] and epochs[2][i] == epochs[0][i] for i in range(400))
     loader.set_epoch(1)  # an epoch's flips depend on the seed and the epoch only
     assert flipped_by_id(loader) == epochs[1]
@@ -282,6 +284,14 @@ def test_alternating_flip_mirrors_each_image_in_every_other_epoch():
         D.Augment(flip_alternate=True)
     with pytest.raises(CifarlibError, match="crop_fill='edge' is unknown; use one of zeros, reflect"):
         D.Augment(crop_pad=2, crop_fill="edge")
+
+
+def test_mirrored_crop_wider_than_the_image_is_a_clear_error():
+    aug = D.Augment(crop_pad=4, crop_fill="reflect")
+    images = torch.zeros(2, 1, 4, 6, dtype=torch.uint8)
+    params = D.draw_augment_params(2, aug, 4, 6, torch.Generator().manual_seed(0))
+    with pytest.raises(CifarlibError, match=r"crop_pad=4 with crop_fill='reflect' .* \(these are 4x6\)"):
+        D.apply_augment(images, aug, params)
 
 
 def test_loader_channels_last_dtype_and_mean_length_check(small):

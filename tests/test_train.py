@@ -83,6 +83,8 @@ def test_cross_field_checks():
         TrainConfig(val_fraction=0.0, early_stop_patience=3)
     with pytest.raises(CifarlibError, match="flip_alternate=True needs flip=True"):
         TrainConfig(flip_alternate=True)
+    with pytest.raises(CifarlibError, match="lookahead=True .* set early_stop_patience=None or lookahead=False"):
+        TrainConfig(lookahead=True, early_stop_patience=2)
 
 
 # ---- schedules and losses ------------------------------------------------------------------------
@@ -314,24 +316,51 @@ def test_lookahead_blends_a_slow_copy_with_a_decay_that_grows_cubically():
     moved = {k: v.clone() for k, v in net.state_dict().items()}
     look.pull(step=5, total=10)
     d = train.LOOKAHEAD_DECAY * 0.5 ** 3
+    first = {}
     for k, v in net.state_dict().items():
         if v.is_floating_point():
-            torch.testing.assert_close(v, d * start[k] + (1 - d) * moved[k])
+            first[k] = d * start[k] + (1 - d) * moved[k]
+            torch.testing.assert_close(v, first[k])
         else:
             assert torch.equal(v, start[k])  # the BN step counter is left alone
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3.0)
+    fast = {k: v.clone() for k, v in net.state_dict().items()}
+    look.pull(step=10, total=10)  # the slow copy carries the first blend forward
+    for k, v in net.state_dict().items():
+        if v.is_floating_point():
+            want = train.LOOKAHEAD_DECAY * first[k] + (1 - train.LOOKAHEAD_DECAY) * fast[k]
+            torch.testing.assert_close(v, want)
     assert 0.77 < train.LOOKAHEAD_DECAY < 0.78
 
 
 def test_fit_with_lookahead_ends_on_the_slow_weights(splits, monkeypatch):
-    pulls = []
-    real = train.Lookahead.pull
-    monkeypatch.setattr(train.Lookahead, "pull", lambda self, step, total: (pulls.append(step), real(self, step, total)))
-    run = fit(splits, epochs=2, lookahead=True, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64)
-    steps = run.metrics["steps"]  # 540 images // 64 = 8 per epoch
-    assert steps == 16 and pulls == [5, 10, 15, 16]  # every 5 steps, and at the end
+    pulls, made = [], []
+    real_pull, real_init = train.Lookahead.pull, train.Lookahead.__init__
+    monkeypatch.setattr(train.Lookahead, "pull",
+                        lambda self, step, total: (pulls.append(step), real_pull(self, step, total)))
+    monkeypatch.setattr(train.Lookahead, "__init__", lambda self, model: (made.append(self), real_init(self, model))[1])
+    sgd = dict(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64)
+    run = fit(splits, epochs=2, lookahead=True, **sgd)
+    assert run.metrics["steps"] == 16 and pulls == [5, 10, 15, 16]  # 540 // 64 = 8 steps an epoch; every 5, the end
+    assert len(made) == 1
+    floats = [v for v in run.model.state_dict().values() if v.is_floating_point()]
+    assert all(torch.equal(v, s) for v, s in zip(floats, made[0].slow))  # the returned model is the slow copy
     assert run.history[-1]["val_acc"] > 0.3
-    plain = fit(splits, epochs=2, optimizer="sgd", lr=0.05, momentum=0.9, batch_size=64)
+    plain = fit(splits, epochs=2, **sgd)
     assert not torch.equal(next(run.model.parameters()), next(plain.model.parameters()))
+
+
+def test_lookahead_copy_is_taken_after_the_first_step():
+    """A run of one step ends on the weights of that step: the slow copy starts from them, not from the
+    initial weights (which would undo layers set from the first batch, such as Model B's whitening)."""
+    ds = data.split(data.synthetic(n_train=80, n_test=20, size=16, seed=0), val_fraction=0.1, seed=0)
+    cfg = tiny(model="improved_b", epochs=1, batch_size=64, optimizer="sgd", lr=0.1, momentum=0.9, train_eval_size=0)
+    runs = [train.fit(train.build(c, ds), ds, c, progress=False) for c in (cfg, cfg.replace(lookahead=True))]
+    assert runs[0].metrics["steps"] == runs[1].metrics["steps"] == 1
+    for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values()):
+        torch.testing.assert_close(a, b)
 
 
 def test_norm_lr_scale_speeds_up_normalization_parameters_only():

@@ -63,7 +63,7 @@ IMPROVED_B = dict(
 register("improved_a", "Model A: Table-1 layout with 2x(conv3x3-BN-ReLU) per stage, SGD one-cycle, crop+flip, "
          "label smoothing, flip TTA", part="improved", quick=QUICK, **IMPROVED_A)
 register("improved_b", "Model B: patch-whitening stem, conv groups 64/384/384 (identity init), batch 1024 SGD "
-         "one-cycle, crop+flip, flip TTA", part="improved", quick=QUICK, **IMPROVED_B)
+         "one-cycle, lookahead, mirrored crop + alternating flip, flip TTA", part="improved", quick=QUICK, **IMPROVED_B)
 
 # ---- ablation -----------------------------------------------------------------------------------
 
