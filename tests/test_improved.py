@@ -295,3 +295,21 @@ def test_whitening_runs_in_fp32_under_bf16_autocast():
         got = layer(x)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want)
+
+
+def test_target_table_holds_the_seed_means_to_each_models_targets():
+    from types import SimpleNamespace
+
+    from cifarlib.experiments.improved import target_table
+
+    def recs(*pairs):
+        return [SimpleNamespace(metrics={"final_test_acc": acc, "wall_s": wall}) for acc, wall in pairs]
+
+    table = target_table({"Model A": recs((0.86, 250.0), (0.85, 370.0)), "Model B": recs((0.901, 1200.0), (0.897, 1.0)),
+                          "other": recs((0.70, 5.0),)}).set_index("model")
+    assert table.loc["Model A", "mean test acc %"] == 85.5 and table.loc["Model A", "met"] == "yes"
+    assert table.loc["Model A", "mean wall s"] == 310 and table.loc["Model A", "wall met"] == "NO"  # 310 s > 300 s
+    assert table.loc["Model B", "mean test acc %"] == 89.9 and table.loc["Model B", "met"] == "NO"
+    assert table.loc["Model B", "wall met"] == "-" and table.loc["Model B", "assignment (75%)"] == "yes"
+    assert table.loc["other", "assignment (75%)"] == "NO" and table.loc["other", "target test acc %"] == "-"
+    assert list(table["runs"]) == [2, 2, 1]
