@@ -4,6 +4,7 @@
 # Both create .venv and install everything on first use.
 #
 # Variables: PROFILE=full|quick  DATA=<CIFAR-10 root>  MNIST=<MNIST root>  DEVICE=auto|cpu|cuda
+#            (DATA/MNIST optional: default $CIFARLIB_DATA/$CIFARLIB_MNIST_DATA, else downloaded once into ~/.cache/cifarlib)
 #            REPORT_ARGS="--param 04_transfer:pretrained=false ..." (more `python -m cifarlib report` options)
 #            PYTHON=python3  TORCH="<pip requirement(s) for torch and torchvision>"  PYTEST_ARGS=...
 

@@ -168,7 +168,7 @@ def plot_deltas(table: pd.DataFrame, noise: float | None = None, title: str | No
     import numpy as np
 
     y = np.arange(len(table))[::-1]
-    fig, ax = plt.subplots(figsize=(6.4, 0.32 * len(table) + 1.4))
+    fig, ax = plt.subplots(figsize=(6.4, 0.24 * len(table) + 1.5))
     ax.barh(y + 0.2, table["Δ val (pts)"], height=0.4, color="tab:orange", label="validation")
     ax.barh(y - 0.2, table["Δ test (pts)"], height=0.4, color="tab:green", label="test")
     if noise:
@@ -177,7 +177,7 @@ def plot_deltas(table: pd.DataFrame, noise: float | None = None, title: str | No
     ax.set_yticks(y, table["change"])
     ax.set_xlabel("accuracy change vs reference (percentage points)")
     ax.set_title(title or "Ablation: one change at a time from the Table-1 baseline")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, frameon=False)  # never over a bar
+    fig.tight_layout(rect=(0, 0.5 / (0.24 * len(table) + 1.5), 1, 1))
     return fig
 

@@ -2,7 +2,9 @@
 
 CONTRACT (other modules rely on these names and signatures; keep them):
 
-    ds = load("cifar10", root=None, download=False)   # -> Dataset   (root: arg > $CIFARLIB_DATA / $CIFARLIB_MNIST_DATA)
+    ds = load("cifar10", root=None, download=False)   # -> Dataset   (root: arg > $CIFARLIB_DATA / $CIFARLIB_MNIST_DATA
+                                                      #    > <cache>/datasets/<name>, downloaded there if it lacks data)
+    check_source("cifar10", root=None) -> str         # where load() will get it; one-line error if it cannot
     ds = synthetic(n_train=2000, n_test=500, num_classes=10, channels=3, size=32, seed=0)
     ds = subset(ds, train_per_class=100, test_per_class=50, seed=0)
     sp = split(ds, val_fraction=0.1, seed=0)          # -> Splits(train, val, test, classes, mean, std, ...)
@@ -13,6 +15,7 @@ CONTRACT (other modules rely on these names and signatures; keep them):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,8 +23,10 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -457,6 +462,17 @@ LAYOUTS = {  # what a data root may hold, per data set (for help texts and error
     "mnist": f"{TREE_LAYOUTS}, or a torchvision MNIST root (ROOT/MNIST/raw)",
 }
 CACHE_FORMAT = 1  # bump when the cached payload changes; old cache files are then ignored
+LABELS = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
+ROOT_PARAMETERS = {"cifar10": "data_root", "mnist": "mnist_root"}  # the notebooks' parameter per data set
+ROOT_OPTIONS = {  # how a user gives a root, per data set (for error messages)
+    "cifar10": "--data-root PATH (make report DATA=PATH, notebook data_root=PATH)",
+    "mnist": "--mnist-root PATH (make report MNIST=PATH, notebook mnist_root=PATH)",
+}
+DOWNLOADS = {  # what torchvision fetches into the default location: the first URL it tries, and the size
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "about 170 MB"),
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz", "about 12 MB"),
+}
+PROBE_TIMEOUT_S = 5.0  # how long the reachability check waits for the download server
 
 
 def _one_line(err) -> str:
@@ -471,9 +487,11 @@ def load(name: str = "cifar10", root=None, download: bool = False, cache_dir=Non
     """Find, decode (or read from the cache) and return a data set.
 
     ``root`` (default: $CIFARLIB_DATA for cifar10, $CIFARLIB_MNIST_DATA for mnist) may hold any of
-    ``LAYOUTS[name]``; the layout is detected. ``download=True`` fetches the official files with
-    torchvision (checksum-verified) into ``root`` (default ``<cache>/torchvision``) unless root
-    already holds data. Decoded tensors are cached under ``cache_dir`` (default
+    ``LAYOUTS[name]``; the layout is detected. A given root is only read: ``download=True`` fetches
+    the official files with torchvision (checksum-verified) into it when it holds no data. With no
+    root given, the data comes from :func:`default_root` (``<cache>/datasets/<name>``), where
+    torchvision downloads it the first time (after a reachability check of a few seconds; offline,
+    a one-line error names the remedies). Decoded tensors are cached under ``cache_dir`` (default
     :func:`cifarlib.paths.cache_dir`), keyed by the source files' names, sizes and modification
     times, so a changed source is decoded again. ``info`` records ``cache`` ("hit"/"miss"),
     ``load_s`` (seconds) and the cache file. ``name="synthetic"`` returns :func:`synthetic`.
@@ -484,9 +502,13 @@ def load(name: str = "cifar10", root=None, download: bool = False, cache_dir=Non
         raise CifarlibError(f"unknown dataset {name!r}; choose one of: cifar10, mnist, synthetic")
     start = time.perf_counter()
     cache = paths.cache_dir(cache_dir)
-    root = _resolve_root(name, root, download, cache)
-    if download and _find_layout(name, root) is None:
-        _download(name, root)
+    given = _given_root(name, root)
+    root = given if given is not None else default_root(name, cache)
+    if _find_layout(name, root) is None:
+        if given is None:
+            _fetch_default(name, root)
+        elif download:
+            _download(name, root)
     kind, where = _detect(name, root)
     cache_file = cache / "data" / f"{name}-{kind}-{short_hash(str(where.resolve()))}-{_source_key(kind, where)}.pt"
     payload = _read_cache(cache_file)
@@ -511,17 +533,83 @@ def _dataset(name: str, kind: str, root: Path, payload: dict, info: dict) -> Dat
 
 # ----------------------------------------------------------------------------- finding the source
 
-def _resolve_root(name: str, root, download: bool, cache: Path) -> Path:
-    """Explicit root, else the data set's environment variable, else (download only) the cache."""
-    env = ENV_VARS[name]
+def _given_root(name: str, root) -> Path | None:
+    """The root the user gave: the argument, else the data set's environment variable; None if neither."""
     if root is None:
-        root = os.environ.get(env) or None
-    if root is not None:
-        return Path(root).expanduser()
-    if download:
-        return cache / "torchvision"
-    raise CifarlibError(f"no data root for {name}: pass --data-root PATH (root=...) or set ${env} to {LAYOUTS[name]}; "
-                        "or use --download (download=True) on a machine with internet")
+        root = os.environ.get(ENV_VARS[name]) or None
+    return Path(root).expanduser() if root is not None else None
+
+
+def default_root(name: str, cache_dir=None) -> Path:
+    """Where ``name`` lives when no root is given: ``<cache>/datasets/<name>`` (a torchvision root,
+    filled by the first :func:`load`). Deleting it only costs a new download."""
+    return paths.cache_dir(cache_dir) / "datasets" / name
+
+
+def check_source(name: str, root=None, cache_dir=None) -> str:
+    """Where :func:`load` with these arguments will get ``name`` from, as one short line; or a one-line
+    CifarlibError saying why it cannot, with the remedies. Decodes nothing and downloads nothing.
+
+    A given root (argument or environment variable) must exist and hold a known layout. Without one,
+    the default location must hold the data already or its download server must answer
+    :func:`probe` within ``PROBE_TIMEOUT_S`` seconds."""
+    if name not in ENV_VARS:
+        raise CifarlibError(f"unknown dataset {name!r}; choose one of: {', '.join(ENV_VARS)}")
+    given = _given_root(name, root)
+    if given is not None:
+        kind, where = _detect(name, given)
+        origin = "" if root is not None else f", from ${ENV_VARS[name]}"
+        return f"{LABELS[name]}: {kind} at {where}{origin}"
+    home = default_root(name, cache_dir)
+    found = _find_layout(name, home)
+    if found is not None:
+        return f"{LABELS[name]}: {found[0]} at {found[1]} (the default location)"
+    return _check_download(name, home)
+
+
+def _check_download(name: str, home: Path) -> str:
+    """"Downloaded on first use" when :func:`probe` reaches the server of ``name``; else the one-line
+    error naming the three remedies (internet once, a local copy, the environment variable)."""
+    url, size = DOWNLOADS[name]
+    reason = probe(url)
+    if reason is not None:
+        raise CifarlibError(f"{LABELS[name]} is not in {home} yet and cannot be downloaded "
+                            f"({_host(url)}: {reason}); {_remedies(name)}")
+    return f"{LABELS[name]}: not in {home} yet, downloaded there on first use ({size} from {_host(url)})"
+
+
+def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when the server of ``url`` answers an HTTP HEAD request within ``timeout`` seconds (any
+    status counts: the network works), else why not, in a few words. Goes through the proxy urllib
+    uses, as torchvision's download does; waits at most ``timeout`` seconds, name lookup included."""
+    import urllib.error
+    import urllib.request
+
+    answer: list[str | None] = []
+
+    def ask():
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "cifarlib"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                answer.append(None)
+        except urllib.error.HTTPError:
+            answer.append(None)
+        except Exception as err:  # noqa: BLE001 - any failure means: cannot download from here
+            answer.append(_one_line(err))
+
+    worker = threading.Thread(target=ask, name="cifarlib-probe", daemon=True)  # a hung name lookup
+    worker.start()  # cannot be interrupted; a daemon thread left waiting on it does not delay exit
+    worker.join(timeout)
+    return answer[0] if answer else f"no answer within {timeout:g} s"
+
+
+def _host(url: str) -> str:
+    return url.split("://", 1)[-1].split("/", 1)[0]
+
+
+def _remedies(name: str) -> str:
+    return (f"either connect to the internet once (the download is kept there), or point {ROOT_OPTIONS[name]} "
+            f"at a local copy ({LAYOUTS[name]}), or set ${ENV_VARS[name]} to one")
 
 
 def _is_archive(path: Path) -> bool:
@@ -802,17 +890,59 @@ def _read_torchvision_mnist(root: Path) -> dict:
     return payload
 
 
-def _download(name: str, root: Path) -> None:
-    """Fetch the official files with torchvision (which verifies their MD5 sums) into ``root``."""
+def fetch(name: str, root: Path) -> None:
+    """Download the official files of ``name`` into ``root`` with torchvision (which verifies their MD5
+    sums and shows its progress bar). Its messages go to stderr, so that a notebook's printed output
+    stays clean. Raises what torchvision raises."""
     from torchvision import datasets
 
     dataset = {"cifar10": datasets.CIFAR10, "mnist": datasets.MNIST}[name]
+    with contextlib.redirect_stdout(sys.stderr):
+        dataset(str(root), train=False, download=True)  # fetches both splits; reads back only the test one
+
+
+def _download(name: str, root: Path) -> None:
+    """``download=True`` into a given ``root``: :func:`fetch`, failures as one line."""
     try:
-        for train in (True, False):
-            dataset(str(root), train=train, download=True)
+        fetch(name, root)
     except (OSError, RuntimeError) as err:  # urllib.error.URLError is an OSError
         raise CifarlibError(f"cannot download {name} ({_one_line(err)}); this machine looks offline: point at local "
                             f"data with --data-root PATH or ${ENV_VARS[name]} ({LAYOUTS[name]})") from None
+
+
+def _fetch_default(name: str, home: Path) -> None:
+    """Fill the default location ``home``: first the reachability check (seconds; offline, the one-line
+    error with the remedies), then :func:`fetch` into a temporary folder beside it whose contents are
+    moved in when complete, so that ``home`` never holds half a data set."""
+    import http.client  # IncompleteRead and friends: a connection lost mid-download
+
+    _check_download(name, home)
+    url, size = DOWNLOADS[name]
+    print(f"downloading {LABELS[name]} ({size}) into {home} with torchvision; later runs reuse it", file=sys.stderr)
+    home.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{home.name}.", dir=home.parent))
+    try:
+        try:
+            fetch(name, tmp)
+        except (OSError, RuntimeError, http.client.HTTPException) as err:
+            raise CifarlibError(f"cannot download {LABELS[name]} from {_host(url)} into {home} ({_one_line(err)}); "
+                                f"{_remedies(name)}") from None
+        home.mkdir(exist_ok=True)
+        for entry in sorted(tmp.iterdir()):
+            _move_in(entry, home / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_in(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target`` (one step: a folder appears whole or not at all)."""
+    try:
+        os.replace(source, target)
+    except OSError as err:
+        if target.is_dir() and source.is_dir():  # a concurrent download finished first
+            return
+        raise CifarlibError(f"cannot move the download to {target} ({_one_line(err)}); "
+                            f"delete {target.parent} and run again") from None
 
 
 # ----------------------------------------------------------------------------- cache
@@ -871,10 +1001,13 @@ def cli(argv: list[str]) -> int:
                     "decoded from the source) or warm (cache hit), then a second, warm load.")
     parser.add_argument("--dataset", choices=["cifar10", "mnist"], default="cifar10")
     parser.add_argument("--data-root", default=None,
-                        help=f"data root (default: ${paths.ENV_DATA} for cifar10, ${paths.ENV_MNIST} for mnist); "
+                        help=f"data root (default: ${paths.ENV_DATA} for cifar10, ${paths.ENV_MNIST} for mnist, "
+                             "else <cache>/datasets/<dataset>, downloaded there the first time); "
                              f"cifar10: {LAYOUTS['cifar10']}; mnist: {LAYOUTS['mnist']}")
-    parser.add_argument("--download", action="store_true", help="fetch the official files with torchvision if missing")
-    parser.add_argument("--cache-dir", default=None, help=f"decoded-tensor cache (default: ${paths.ENV_CACHE} "
+    parser.add_argument("--download", action="store_true",
+                        help="fetch the official files with torchvision into --data-root when it holds no data")
+    parser.add_argument("--cache-dir", default=None, help=f"decoded-tensor cache, and datasets/ there the default "
+                                                          f"data location (default: ${paths.ENV_CACHE} "
                                                           "or ~/.cache/cifarlib); safe to delete")
     args = parser.parse_args(argv)
     ds = load(args.dataset, args.data_root, download=args.download, cache_dir=args.cache_dir)

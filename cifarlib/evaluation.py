@@ -113,18 +113,18 @@ def misclassified(p: Predictions, k: int = 16) -> torch.Tensor:
 
 
 def gallery_titles(p: Predictions, indices) -> list[str]:
-    """``"pred: cat 97%\\ntrue: dog"`` per image."""
-    return [f"pred: {p.classes[int(p.preds[i])]} {100 * float(p.probs[i, p.preds[i]]):.0f}%\n"
-            f"true: {p.classes[int(p.labels[i])]}" for i in indices]
+    """``"said cat 97%\\nis dog"`` per image: the predicted class with its probability, then the true one."""
+    return [f"said {p.classes[int(p.preds[i])]} {100 * float(p.probs[i, p.preds[i]]):.0f}%\n"
+            f"is {p.classes[int(p.labels[i])]}" for i in indices]
 
 
-def plot_misclassified(p: Predictions, k: int = 16, ncols: int = 8, title: str | None = None):
+def plot_misclassified(p: Predictions, k: int = 10, ncols: int = 5, title: str | None = None):
     """A grid of the ``k`` most confidently misclassified images, titled with predicted and true class."""
     from cifarlib.plots import plot_image_grid
 
     idx = misclassified(p, k)
     title = title or f"The {len(idx)} most confidently misclassified test images (of {int((p.preds != p.labels).sum())})"
-    return plot_image_grid(p.images[idx], gallery_titles(p, idx), ncols=ncols, title=title, size=1.5)
+    return plot_image_grid(p.images[idx], gallery_titles(p, idx), ncols=ncols, title=title, size=1.2)
 
 
 def forward_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 ENV_DATA = "CIFARLIB_DATA"  # CIFAR-10 root: image-folder tree, cifar-10-batches-py, or torchvision root
 ENV_MNIST = "CIFARLIB_MNIST_DATA"  # MNIST root: image-folder tree (or .tar.gz of one), or torchvision root
-ENV_CACHE = "CIFARLIB_CACHE"  # decoded-tensor cache; safe to delete (default ~/.cache/cifarlib)
+ENV_CACHE = "CIFARLIB_CACHE"  # decoded tensors and the downloaded data sets (datasets/<name>, when no root is
+#                               given); safe to delete, at the cost of a new download (default ~/.cache/cifarlib)
 ENV_RUNS = "CIFARLIB_RUNS"  # run records (default <repo>/runs, else ./runs)
 ENV_FIGURES = "CIFARLIB_FIGURES"  # figure output folder (default <repo>/figures, else ./figures)
 ENV_WEIGHTS = "CIFARLIB_RESNET18_WEIGHTS"  # local ImageNet ResNet18 state_dict file

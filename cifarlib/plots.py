@@ -1,7 +1,10 @@
 """Figures: training curves, run comparisons, confusion matrices, image grids.
 
-Every figure gets a title, labelled axes with units, and is saved by :func:`save` as PNG (for
-HTML and quick viewing) and PDF (vector, for the LaTeX report) under ``figures/``.
+Every figure gets a title, labelled axes with units, and is shown by :func:`show`: saved as PNG (for
+HTML and quick viewing) and PDF (vector, for the LaTeX report) under ``figures/``, displayed once with
+its label and caption attached (the report numbers it and resolves ``@fig:<label>`` citations), and
+checked for print: :func:`print_problems` measures every text at the size the figure is printed on
+A4 (it must be at least :data:`MIN_PRINT_PT`) and finds legends that hide data.
 Accuracies are fractions in run records and plotted in percent.
 """
 
@@ -15,6 +18,12 @@ import pandas as pd
 
 from cifarlib import paths
 from cifarlib.atomic import atomic_path
+
+# The report prints a figure at its natural size, shrunk to fit the text width and half the text height
+# of an A4 page (see the LaTeX template); text on it must stay readable at that size.
+PRINT_WIDTH_IN = 465.0 / 72.27
+PRINT_HEIGHT_IN = 0.5 * (29.7 - 2.2 - 2.4) / 2.54
+MIN_PRINT_PT = 7.0
 
 SPLIT_STYLE = {"train": ("tab:blue", "-"), "val": ("tab:orange", "--"), "test": ("tab:green", ":")}
 SPLIT_LABEL = {"train": "train", "val": "validation", "test": "test"}
@@ -30,10 +39,15 @@ def setup_notebook() -> None:
         set_matplotlib_formats("png", "pdf")
     except ImportError:  # not inside IPython
         pass
-    plt.rcParams.update({
-        "figure.figsize": (6.4, 3.8), "figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight",
-        "axes.grid": True, "grid.alpha": 0.3, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9,
-    })
+    plt.rcParams.update(STYLE)
+
+
+# Sizes chosen for print: a figure is at most the text width (6.4 in), so its text prints at these sizes.
+STYLE = {
+    "figure.figsize": (6.4, 3.6), "figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight",
+    "axes.grid": True, "grid.alpha": 0.3, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+    "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.titlesize": 10.5, "font.size": 9,
+}
 
 
 def save(fig, name: str, figures_dir=None) -> Path:
@@ -44,6 +58,76 @@ def save(fig, name: str, figures_dir=None) -> Path:
         with atomic_path(out / f"{name}.{ext}") as tmp:
             fig.savefig(tmp, format=ext)
     return out / f"{name}.png"
+
+
+def show(fig, name: str, caption: str, figures_dir=None) -> Path:
+    """Save ``fig`` (see :func:`save`), then display it once with its label ``name`` and ``caption``
+    attached, for the report to number and cite (``@fig:<name>`` in the text). A legend that hides
+    data is moved below the axes first. Returns the PNG path."""
+    for ax in fig.axes:
+        if _legend_hides_data(ax):
+            _legend_below(ax)
+    png = save(fig, name, figures_dir)
+    meta = {"label": name, "caption": caption, "print_problems": print_problems(fig)}
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return png
+    if get_ipython() is not None:
+        display(fig, metadata={"cifarlib": meta})
+        plt.close(fig)  # shown once, with its metadata; the inline backend would show it again
+    return png
+
+
+def print_scale(fig) -> float:
+    """The factor the report scales ``fig`` by on the page: its tight bounding box (plus the saved
+    padding) shrunk to fit the text width and half the text height; never enlarged."""
+    fig.canvas.draw()
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    pad = 2 * plt.rcParams["savefig.pad_inches"]
+    return min(1.0, PRINT_WIDTH_IN / (box.width + pad), PRINT_HEIGHT_IN / (box.height + pad))
+
+
+def print_problems(fig) -> list[str]:
+    """What would be hard to read when ``fig`` is printed in the report: texts smaller than
+    :data:`MIN_PRINT_PT` at print size, and legends drawn over data points."""
+    from matplotlib.text import Text
+
+    scale, problems = print_scale(fig), []
+    small = sorted({(round(t.get_fontsize() * scale, 1), t.get_text().strip()[:30]) for t in fig.findobj(Text)
+                    if t.get_visible() and t.get_text().strip() and t.get_fontsize() * scale < MIN_PRINT_PT})
+    if small:
+        problems.append(f"{len(small)} text(s) print below {MIN_PRINT_PT:g} pt, e.g. {small[0][1]!r} at {small[0][0]} pt")
+    problems += [f"the legend of {ax.get_title()!r} hides data" for ax in fig.axes if _legend_hides_data(ax)]
+    return problems
+
+
+def _legend_hides_data(ax) -> bool:
+    """Whether a data point of a line or scatter of ``ax`` falls inside the legend's box (inside the axes)."""
+    import numpy as np
+
+    legend = ax.get_legend()
+    if legend is None or not legend.get_visible():
+        return False
+    ax.figure.canvas.draw()
+    box = legend.get_window_extent()
+    if not ax.get_window_extent().overlaps(box):
+        return False
+    for line in ax.get_lines():
+        xy = ax.transData.transform(np.asarray(line.get_xydata(), dtype=float))
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if len(xy) and ((xy[:, 0] >= box.x0) & (xy[:, 0] <= box.x1) & (xy[:, 1] >= box.y0) & (xy[:, 1] <= box.y1)).any():
+            return True
+    return False
+
+
+def _legend_below(ax) -> None:
+    """Move ``ax``'s legend under its x-axis label, in as many columns as fit."""
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(3, len(labels)),
+              frameon=False)
+    ax.figure.tight_layout()
 
 
 def _frame(history) -> pd.DataFrame:
@@ -79,7 +163,7 @@ def plot_curves(history, metric: str = "loss", x: str = "epoch", splits: Sequenc
 
 def plot_loss_and_accuracy(history, title: str, x: str = "epoch"):
     """Two panels side by side: loss and accuracy for train/validation/test."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(6.4, 3.0))
     plot_curves(history, "loss", x=x, ax=a, title="Loss")
     plot_curves(history, "acc", x=x, ax=b, title="Accuracy")
     fig.suptitle(title)
@@ -112,7 +196,7 @@ def plot_confusion(matrix, classes: Sequence[str], title: str = "Confusion matri
 
     m = np.asarray(matrix, dtype=float)
     shown = 100.0 * m / np.maximum(m.sum(axis=1, keepdims=True), 1) if normalize else m
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    fig, ax = plt.subplots(figsize=(5.8, 5.0))
     im = ax.imshow(shown, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -122,7 +206,7 @@ def plot_confusion(matrix, classes: Sequence[str], title: str = "Confusion matri
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, f"{shown[i, j]:.0f}" if normalize else f"{int(m[i, j])}", ha="center", va="center",
-                    fontsize=7, color="white" if shown[i, j] > shown.max() / 2 else "black")
+                    fontsize=8.5, color="white" if shown[i, j] > shown.max() / 2 else "black")
     fig.colorbar(im, ax=ax, label="% of true class" if normalize else "images")
     ax.set_title(title)
     fig.tight_layout()
@@ -140,7 +224,7 @@ def plot_image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8,
         imgs = imgs[:, None]
     n = len(imgs)
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.35) * nrows + 0.4), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n:
@@ -150,7 +234,7 @@ def plot_image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8,
         arr = np.asarray(img.permute(1, 2, 0).clamp(0, 1))
         ax.imshow(arr[..., 0] if arr.shape[-1] == 1 else arr, cmap=cmap or ("gray" if arr.shape[-1] == 1 else None))
         if titles is not None:
-            ax.set_title(titles[k], fontsize=7)
-    fig.suptitle(title)
+            ax.set_title(titles[k], fontsize=7.5, pad=2)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -45,6 +45,10 @@ FAST_PAPERMILL = {"request_save_on_cell_execute": False, "shutdown_kernel": "imm
 ENV_RUN_LOG = paths.ENV_RUN_LOG  # cifarlib.runs appends each run folder a kernel trains or loads here
 RUN_LOG = "runs-used.txt"  # in <out>/build/: the provenance section lists these runs
 TITLE = "CNN experiments on CIFAR-10 and MNIST"
+COURSE = "TDT4265 Assignment 3 and Technion 046746 Homework 2"
+# Title-page fields set like parameters (``--param author="A. Student"``, or under ``all:``/``report:`` in
+# ``--params-file``); they go to the title page, not to the notebooks.
+TITLE_FIELDS = ("title", "author", "course")
 TEX_INSTALL = "apt-get install texlive-xetex texlive-fonts-recommended texlive-plain-generic pandoc"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LATEX_PASSES = 2  # the second pass fills the table of contents; body pages are numbered after it
@@ -309,7 +313,8 @@ def torch_and_device(requested: str) -> tuple[str, str]:
 def build_info(args: argparse.Namespace, argv: list[str]) -> dict:
     torch_version, device = torch_and_device(args.device)
     now = datetime.datetime.now(datetime.timezone.utc)
-    return {"title": TITLE, "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_state(Path(args.notebooks)),
+    return {"title": TITLE, "course": COURSE, "author": None, **getattr(args, "title_page", {}),
+            "date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_state(Path(args.notebooks)),
             "device": device, "profile": args.profile, "torch": torch_version,
             "command": " ".join(["python -m cifarlib report", *argv])}
 
@@ -336,21 +341,34 @@ def page_break() -> list:
 
 
 def title_cells(info: dict, parts: list[Part]) -> list:
-    import nbformat
-
-    rows = [["command", f"`{info['command']}`"], ["git commit", info["commit"]],
-            ["device", info["device"]], ["profile", info["profile"]], ["torch", info["torch"]],
-            ["parts", ", ".join(f"{p.name} ({p.seconds:.0f} s)" for p in parts)]]
-    failed = [p.name for p in parts if p.error]
-    if failed:
-        rows.append(["**failed parts**", "**" + ", ".join(failed) + "**"])
+    """The title page: title, course, author and date; a smoke build says in large type that its
+    numbers are not results, and a build with a failed part says which. Machine facts go to the
+    Provenance section."""
+    lines = [info.get("course"), info.get("author"), info["date"]]
     title = (f'<h1 class="cifarlib-title">{html.escape(info["title"])}</h1>'
-             f'<p class="cifarlib-date">{html.escape(info["date"])}</p>')
-    note = ("Each part is one notebook of `notebooks/`, run for this build (code hidden; the executed "
-            "notebooks are in `build/` next to this report). Every trained model's numbers come from a run "
-            "record listed under *Provenance*, with its configuration hash, seed, commit, device and wall time.")
-    return [raw(title, "text/html"), nbformat.v4.new_markdown_cell(md_table(["", ""], rows) + "\n\n" + note),
-            raw("\\clearpage\n\\tableofcontents\n\\clearpage\n\\pagenumbering{arabic}", "text/latex")]
+             + "".join(f'<p class="cifarlib-subtitle">{html.escape(str(x))}</p>' for x in lines if x))
+    latex = ("\\begin{center}\\vspace*{3cm}{\\Huge\\bfseries " + _tex(info["title"]) + "\\par}\\vspace{1.5cm}"
+             + "".join("{\\Large " + _tex(str(x)) + "\\par}\\vspace{0.5cm}" for x in lines if x) + "\\end{center}")
+    cells = [raw(title, "text/html"), raw(latex, "text/latex")]
+    warnings = []
+    if info.get("profile") == "quick":
+        warnings.append("Smoke run: every model was trained for a few steps on a small subset. "
+                        "The numbers in this document test the pipeline; they are not results.")
+    failed = [part_title(p.source) for p in parts if p.error]
+    if failed:
+        warnings.append("Incomplete: " + "; ".join(failed) + (" was" if len(failed) == 1 else " were")
+                        + " not built (see the section itself).")
+    for text in warnings:
+        cells += [raw("\\vspace{1cm}\\begin{center}\\fcolorbox{red}{red!6}{\\parbox{0.85\\linewidth}{\\centering"
+                      "\\Large\\bfseries " + _tex(text) + "}}\\end{center}", "text/latex"),
+                  raw(f'<div class="cifarlib-failed cifarlib-banner">{html.escape(text)}</div>', "text/html")]
+    return cells + [raw("\\clearpage\n\\tableofcontents\n\\clearpage\n\\pagenumbering{arabic}", "text/latex")]
+
+
+def _tex(text: str) -> str:
+    from nbconvert.filters import escape_latex
+
+    return escape_latex(text)
 
 
 def toc_cell(cells: list):
@@ -461,22 +479,81 @@ def failure_box(part: Part) -> list:
     return [raw(latex, "text/latex"), raw(box, "text/html")]
 
 
-def caption_figures(cells: list) -> None:
-    """Give every figure output a caption and a number: the cell's ``caption`` metadata (a string,
-    or a list with one per figure) when set, else the heading it appears under."""
-    heading, number = "", 0
+CITATION = re.compile(r"@(fig|tab):([\w-]+)")
+KINDS = {"fig": "Figure", "tab": "Table"}
+
+
+def number_floats(cells: list) -> list[str]:
+    """Number every figure and table of the report in order and give it its caption, then replace
+    each citation ``@fig:<label>`` / ``@tab:<label>`` in the text by ``Figure N`` / ``Table N``.
+
+    A figure's or table's caption and label come from the metadata that ``plots.show`` and
+    ``tables.show`` attach to the output (a figure without it falls back to the cell's ``caption``
+    metadata, then to the heading above it). Returns the citations that name no figure or table."""
+    heading, count, labels = "", {"fig": 0, "tab": 0}, {}
     for cell in cells:
         if cell.cell_type == "markdown":
             found = re.findall(r"^#{1,6} +(.+?) *#*$", cell.source, re.M)
             heading = found[-1] if found else heading
             continue
-        figures = [o for o in cell.get("outputs", []) if _is_figure(o)]
-        given = cell.metadata.get("caption")
-        for k, output in enumerate(figures):
-            number += 1
-            text = given[k] if isinstance(given, list) and k < len(given) else given
-            output.metadata["caption"] = text if isinstance(text, str) else heading
-            output.metadata["figure_number"] = number
+        for k, output in enumerate(o for o in cell.get("outputs", []) if _is_figure(o) or _is_table(o)):
+            kind = "fig" if _is_figure(output) else "tab"
+            given = output.get("metadata", {}).get("cifarlib") or {}
+            count[kind] += 1
+            if kind == "tab":
+                _caption_table(output, count[kind], given.get("caption"))
+            else:
+                output.metadata["caption"] = given.get("caption") or _cell_caption(cell, k) or heading
+                output.metadata["figure_number"] = count[kind]
+            if given.get("label"):
+                labels[(kind, given["label"])] = f"{KINDS[kind]} {count[kind]}"
+    unresolved = []
+
+    def cite(found: re.Match) -> str:
+        key = (found[1], found[2])
+        if key not in labels:
+            unresolved.append(found[0])
+        return labels.get(key, f"{KINDS[found[1]]} ?")
+
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            cell.source = CITATION.sub(cite, cell.source)
+        for output in cell.get("outputs", []):
+            if "text/markdown" in output.get("data", {}):
+                output.data["text/markdown"] = CITATION.sub(cite, output.data["text/markdown"])
+    return unresolved
+
+
+def _is_table(output) -> bool:
+    return "text/markdown" in output.get("data", {}) and "caption" in (output.get("metadata", {}).get("cifarlib") or {})
+
+
+def _cell_caption(cell, k: int) -> str | None:
+    given = cell.metadata.get("caption")
+    text = given[k] if isinstance(given, list) and k < len(given) else given
+    return text if isinstance(text, str) else None
+
+
+def _caption_table(output, number: int, caption: str | None) -> None:
+    """The table's caption line (``*caption*`` from ``tables.show``) becomes ``**Table N:** caption``;
+    the LaTeX export moves it into the table's own title (see :func:`caption_tables`)."""
+    text = output.data["text/markdown"]
+    if caption and text.startswith(f"*{caption}*"):
+        text = text[len(caption) + 2:].lstrip("\n")
+    output.data["text/markdown"] = f"**Table {number}:** {caption or ''}".rstrip() + "\n\n" + text
+
+
+TABLE_TITLE = re.compile(r"\A\*\*Table (\d+):\*\*(.*?)\n\n(?=\|)", re.S)
+
+
+def caption_tables(markdown: str) -> str:
+    """For pandoc: a ``**Table N:** caption`` paragraph right above a pipe table becomes the table's
+    own caption (``Table: ...`` after it), so that LaTeX keeps the title with its table."""
+    found = TABLE_TITLE.match(markdown)
+    if not found:
+        return markdown
+    title = f"**Table {found[1]}:**{found[2]}".replace("\n", " ")
+    return markdown[found.end():].rstrip("\n") + f"\n\nTable: {title}\n"
 
 
 # ---- provenance -----------------------------------------------------------------------------------
@@ -519,15 +596,20 @@ def run_row(rec) -> list:
             f"{float(wall):.1f} s" if isinstance(wall, (int, float)) else "?"]
 
 
-def provenance_cells(parts: list[Part], runs: list, source: str, number: int) -> list:
+def provenance_cells(parts: list[Part], runs: list, source: str, number: int, info: dict) -> list:
     import nbformat
 
     part_rows = [[p.name, ", ".join(f"{k}={v}" for k, v in sorted(p.params.items())
                                     if k not in ("runs_dir", "figures_dir")) or "(defaults)",
                   f"{p.seconds:.1f} s", "failed" if p.error else "ok"] for p in parts]
+    facts = [["built", info["date"]], ["command", f"`{info['command']}`"], ["git commit", info["commit"]],
+             ["device", info["device"]], ["profile", info["profile"]], ["torch", info["torch"]]]
     text = [f"# {number} Provenance",
-            "Every part was executed by papermill with these parameters (plus `runs_dir` and `figures_dir`):",
-            md_table(["part", "parameters", "wall time", "status"], part_rows)]
+            "How this document was made, for a reader who wants to rebuild it or trace a number to the "
+            "training run it comes from.",
+            md_table(["", ""], facts),
+            "Each section was computed by one notebook, run with these parameters:",
+            md_table(["notebook", "parameters", "wall time", "status"], part_rows)]
     if runs:
         text += [f"Run records {source} (config hash: the suffix of the run's folder; wall time: "
                  "the training time when the run was made).",
@@ -545,8 +627,11 @@ def assemble(parts: list[Part], info: dict, runs: list, source: str):
     body = []
     for number, part in enumerate(parts, 1):
         body += page_break() + part_cells(part, number)
-    body += provenance_cells(parts, runs, source, len(parts) + 1)
-    caption_figures(body)
+    body += provenance_cells(parts, runs, source, len(parts) + 1, info)
+    unresolved = number_floats(body)
+    if unresolved and not any(p.error for p in parts):
+        raise CifarlibError(f"the report cites {', '.join(sorted(set(unresolved)))} but no figure or table has "
+                            f"that label; fix the citation or the label")
     nb = nbformat.v4.new_notebook(metadata={"title": info["title"], "date": info["date"], "cifarlib": info})
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
     nb.cells = title_cells(info, parts) + [toc_cell(body)] + body
@@ -654,9 +739,10 @@ def _boxed(lines: list[str], columns: str, font: str) -> str:
     caption = [ln.replace("\\tabularnewline", "").replace("\\caption", "\\captionof{table}", 1)
                for ln in lines if ln.startswith("\\caption")]
     rows = [ln for ln in lines if not ln.startswith(TABLE_MARKERS)] + foot
-    return "\n".join([f"\\begin{{center}}{font}", *caption, "\\begin{adjustbox}{max width=\\linewidth}",
-                      f"\\begin{{tabular}}{{{columns}}}", *rows, "\\end{tabular}", "\\end{adjustbox}",
-                      "\\end{center}"])
+    # A minipage: the title never ends a page with its table on the next one.
+    return "\n".join(["\\par\\medskip\\noindent\\begin{minipage}{\\linewidth}", f"\\centering{font}", *caption,
+                      "\\begin{adjustbox}{max width=\\linewidth}", f"\\begin{{tabular}}{{{columns}}}", *rows,
+                      "\\end{tabular}", "\\end{adjustbox}", "\\end{minipage}\\par\\medskip"])
 
 
 def _exporter(kind: str):
@@ -664,7 +750,7 @@ def _exporter(kind: str):
 
     cls, template = (PDFExporter, "cifarlib_latex") if kind == "pdf" else (HTMLExporter, "cifarlib_html")
     exporter = cls(template_name=template, extra_template_basedirs=[str(TEMPLATES)],
-                   filters={"fit_tables": fit_tables})
+                   filters={"fit_tables": fit_tables, "caption_tables": caption_tables})
     exporter.raw_mimetypes = ["text/latex"] if kind == "pdf" else ["text/html"]  # each gets its raw cells
     exporter.exclude_input = exporter.exclude_input_prompt = exporter.exclude_output_prompt = True
     return exporter
@@ -712,7 +798,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: auto)")
     p.add_argument("--only", help="comma-separated notebooks to run, by number or name: 01,03_improved")
     p.add_argument("--param", action="append", default=[], metavar="[NB:]NAME=VALUE",
-                   help="set a notebook parameter (all notebooks that define it, or NB only); repeatable")
+                   help="set a notebook parameter (all notebooks that define it, or NB only), or the title "
+                        "page's title, author or course; repeatable")
     p.add_argument("--params-file", help="YAML: {all: {NAME: VALUE}, 03_improved: {NAME: VALUE}}")
     p.add_argument("--out", default=str(paths.report_dir()), help="output folder (default: report/)")
     p.add_argument("--notebooks", default=str(default_notebooks_dir()), help="notebook folder (default: notebooks/)")
@@ -741,7 +828,16 @@ def cli(argv: list[str]) -> int:
     notebooks = discover(nb_dir)
     selected = select(notebooks, args.only)
     overrides = read_params_file(args.params_file) + [parse_param(t) for t in args.param]
+    args.title_page = {name: str(value) for scope, name, value in overrides
+                       if scope in ("all", "report") and name in TITLE_FIELDS}
+    overrides = [o for o in overrides if not (o[0] in ("all", "report") and o[1] in TITLE_FIELDS)]
     plan = plan_parameters(selected, notebooks, shared_parameters(args), overrides)
+    from cifarlib import data  # a data set that cannot be had stops the build now, in seconds, not mid-way
+
+    declared = {p: declared_parameters(p) for p in selected}
+    for name, key in data.ROOT_PARAMETERS.items():
+        for root in dict.fromkeys(plan[p].get(key) for p in selected if key in declared[p]):
+            print(f"data: {data.check_source(name, root)}")
     prepare_out(out)
     announce(notebooks, selected, nb_dir)
     parts = [Part(p, plan[p]) for p in selected]

@@ -92,13 +92,16 @@ def epoch_ends(history) -> pd.DataFrame:
 def plot_comparison(records: Mapping[str, object], title: str, metrics: Sequence[str] = ("loss", "acc"),
                     splits: Sequence[str] = ("train", "test"), x: str = "epoch"):
     """One panel per metric, one line per (run, split): the runs of a study side by side."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 if len(metrics) > 1 else 4.8, 3.3), squeeze=False)
     histories = {name: finite(item.history) for name, item in records.items()}
     for ax, metric in zip(axes[0], metrics):
         what = "Loss" if metric == "loss" else "Accuracy"
         plots.plot_runs(histories, metric, splits=splits, x=x, ax=ax, title=what)
+        ax.get_legend().remove()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 2) // 3) + 0.02, 1, 1))
     return fig
 
 

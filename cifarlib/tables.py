@@ -6,6 +6,7 @@ Accuracies are stored as fractions (0..1) in run records and shown in percent he
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Mapping
 
 import pandas as pd
@@ -14,18 +15,39 @@ SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
 
+MINUS = re.compile(r"(?<![\w.])-(?=\.?\d)")  # a hyphen used as a minus sign before a number
+
+
+TIMES = re.compile(r"(?:(?<=\d)|(?<=\b[A-Z])) ?x ?(?=\d|[A-Z]\b)")  # 3x3, 3 x 32 x 32, C x H x W
+
+
+def typeset(text: str) -> str:
+    """Typography for a reader: a true minus sign (−) for a hyphen before a number, × between
+    dimensions, → for an ASCII arrow and ± for +-."""
+    text = text.replace("->", "→").replace("+-", "±").replace(" - ", " − ")
+    return TIMES.sub("×", MINUS.sub("\u2212", text))
+
+
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False, intfmt: str = ",") -> str:
-    """GitHub-style Markdown (needs ``tabulate``); integers with thousands separators by default."""
-    return df.to_markdown(index=index, floatfmt=floatfmt, intfmt=intfmt)
+    """GitHub-style Markdown (needs ``tabulate``); integers with thousands separators by default,
+    yes/no for booleans and a true minus sign for negative numbers."""
+    df = df.apply(lambda col: col.map(_yes_no) if col.dtype == bool or col.dtype == object else col)
+    return typeset(df.to_markdown(index=index, floatfmt=floatfmt, intfmt=intfmt))
 
 
-def show(df: pd.DataFrame, caption: str | None = None, floatfmt: str = ".4g", index: bool = False,
+def _yes_no(v):
+    return {True: "yes", False: "no"}.get(v, v) if isinstance(v, bool) else v
+
+
+def show(df: pd.DataFrame, caption: str, label: str | None = None, floatfmt: str = ".4g", index: bool = False,
          intfmt: str = ",") -> None:
-    """Display ``df`` as a Markdown table (with an optional caption line above it)."""
+    """Display ``df`` as a Markdown table with its caption line above it. The caption (and the
+    ``label`` that ``@tab:<label>`` cites) travel in the output's metadata: the report numbers the
+    table, puts the caption in the table's own title and resolves the citations."""
     from IPython.display import Markdown, display
 
     text = to_markdown(df, floatfmt=floatfmt, index=index, intfmt=intfmt)
-    display(Markdown(f"*{caption}*\n\n{text}" if caption else text))
+    display(Markdown(f"*{caption}*\n\n{text}"), metadata={"cifarlib": {"caption": caption, "label": label}})
 
 
 def _metrics_of(item) -> Mapping:
@@ -80,18 +102,53 @@ def _mean_std(values: pd.Series, dec: int) -> str:
     return text if len(finite) == len(values) else f"{text} (of {len(finite)}/{len(values)} runs)"
 
 
+# What a reader calls each configuration setting (the report never shows a raw config key).
+SETTING_NAMES = {
+    "model": "network", "model_kw": "network options", "dataset": "data set", "val_fraction": "validation share",
+    "val_size": "validation images", "split_seed": "split seed", "train_per_class": "training images per class",
+    "test_per_class": "test images per class", "epochs": "epochs", "batch_size": "batch size",
+    "optimizer": "optimizer", "lr": "learning rate (peak)", "momentum": "momentum", "nesterov": "Nesterov momentum",
+    "weight_decay": "weight decay", "norm_lr_scale": "learning-rate factor of batch-norm parameters",
+    "scheduler": "learning-rate schedule", "warmup_epochs": "warm-up (epochs)", "step_epochs": "step every (epochs)",
+    "step_gamma": "step factor", "label_smoothing": "label smoothing", "loss": "loss", "grad_clip": "gradient clipping",
+    "lookahead": "lookahead (slow weights)", "crop_pad": "random crop, padding (pixels)",
+    "crop_fill": "crop padding filled with", "flip": "random horizontal flip", "flip_alternate": "alternating flips",
+    "cutout": "cutout (pixels)", "eval_every_steps": "evaluation every (steps)",
+    "train_eval_size": "training images evaluated", "eval_batch_size": "evaluation batch size",
+    "early_stop_patience": "early-stopping patience (evaluations)", "restore_best": "restore best weights",
+    "tta_flip": "test-time flip averaging", "device": "device", "precision": "precision",
+    "channels_last": "channels-last memory layout", "compile": "compiled", "seed": "seed",
+    "pretrained": "ImageNet weights", "resolution": "input side (pixels)", "weights_path": "weights file",
+    "widths": "filters per stage", "width": "width",
+}
+VALUE_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "onecycle": "one-cycle", "cosine": "cosine",
+               "none": "none", "cross_entropy": "cross-entropy", "mse": "L2 (softmax vs one-hot)", "zeros": "zeros",
+               "reflect": "mirrored image", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+
+
+def setting_name(key: str) -> str:
+    return SETTING_NAMES.get(key, key.replace("_", " "))
+
+
 def config_table(config: Mapping, keys: Iterable[str] | None = None) -> pd.DataFrame:
-    """Two columns, setting and value, for the hyperparameters a reader needs to replicate a run."""
+    """Two columns, setting and value, for the hyperparameters a reader needs to replicate a run,
+    each named as a reader would name it."""
     keys = list(keys) if keys is not None else list(config)
-    return pd.DataFrame({"setting": keys, "value": [_fmt_value(config[k]) for k in keys]})
+    return pd.DataFrame({"setting": [setting_name(k) for k in keys], "value": [_fmt_value(config[k]) for k in keys]})
 
 
 def _fmt_value(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(_fmt_value, v))
     if isinstance(v, dict):
-        return ", ".join(f"{k}={_fmt_value(x)}" for k, x in v.items()) or "-"
-    return "-" if v is None else str(v)
+        return "; ".join(f"{setting_name(k)} {_fmt_value(x)}" for k, x in v.items()) or "none"
+    if isinstance(v, str):
+        return VALUE_NAMES.get(v, v)
+    return "none" if v is None else str(v)
 
 
 def provenance(record) -> str:

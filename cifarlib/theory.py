@@ -8,6 +8,7 @@ Sizes follow torch's rounding: ``out = floor((size + 2*padding - kernel) / strid
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import pandas as pd
@@ -161,11 +162,14 @@ def plot_conv_by_hand(image, kernel, padding: int = 1, stride: int = 1):
         "convolution (flipped K)": conv2d_by_hand(image, kernel, padding, stride, flip=True),
         "cross-correlation (K as is)": conv2d_by_hand(image, kernel, padding, stride, flip=False),
     }
-    fig, axes = plt.subplots(1, 4, figsize=(13, 2.6), gridspec_kw={"width_ratios": [7, 3, 5, 5]})
+    fig = plt.figure(figsize=(6.4, 4.8), layout="constrained")
+    grid = fig.add_gridspec(2, 2, width_ratios=[1, 1])
+    top = grid[0, :].subgridspec(1, 2, width_ratios=[7, 3])
+    axes = [fig.add_subplot(top[0, 0]), fig.add_subplot(top[0, 1]), fig.add_subplot(grid[1, 0]),
+            fig.add_subplot(grid[1, 1])]
     for ax, (title, m) in zip(axes, panels.items()):
         _heatmap(ax, m, title)
-    fig.suptitle(f"Convolution by hand: stride {stride}, zero padding {padding} (cells show values)")
-    fig.tight_layout()
+    fig.suptitle(f"Convolution by hand: stride {stride}, zero padding {padding}")
     return fig
 
 
@@ -174,14 +178,14 @@ def _heatmap(ax, m: torch.Tensor, title: str) -> None:
     ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
     for i, row in enumerate(m.tolist()):
         for j, v in enumerate(row):
-            ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=9,
+            ax.text(j, i, f"{v:g}".replace("-", "\u2212"), ha="center", va="center", fontsize=9,
                     color="white" if abs(v) > 0.6 * lim else "black")
     ax.set_xticks(range(m.shape[1]))
     ax.set_yticks(range(m.shape[0]))
     ax.set_xlabel("column")
     ax.set_ylabel("row")
     ax.grid(False)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,16 +271,16 @@ def size_answers() -> pd.DataFrame:
     pooled = pooled_size(508, 2, 2)
     nxt = output_size(pooled, 3)
     rows = [
-        ("1(c)", "padding that keeps the size, 7x7 kernel, stride 1", "P = (F - 1) / 2", p,
+        ("(c)", "padding that keeps the size, 7x7 kernel, stride 1", "P = (F - 1) / 2", p,
          f"32 -> {_torch_side(nn.Conv2d(1, 1, 7, padding=p), 32)}"),
-        ("1(d)", "kernel size for 512 -> 508, stride 1, no padding", "F = W + 2P - S(W_out - 1)", k,
+        ("(d)", "kernel size for 512 -> 508, stride 1, no padding", "F = W + 2P - S(W_out - 1)", k,
          f"512 -> {_torch_side(nn.Conv2d(1, 1, k), 512)}"),
-        ("1(e)", "side after 2x2 max-pooling, stride 2", "(W - F) / S + 1", pooled,
+        ("(e)", "side after 2x2 max-pooling, stride 2", "(W - F) / S + 1", pooled,
          f"508 -> {_torch_side(nn.MaxPool2d(2, 2), 508)}"),
-        ("1(f)", "side after the next 3x3 conv, stride 1, no padding", "(W - F + 2P) / S + 1", nxt,
+        ("(f)", "side after the next 3x3 conv, stride 1, no padding", "(W - F + 2P) / S + 1", nxt,
          f"{pooled} -> {_torch_side(nn.Conv2d(1, 1, 3), pooled)}"),
     ]
-    return pd.DataFrame(rows, columns=["task", "question", "formula", "answer", "torch layer"])
+    return pd.DataFrame(rows, columns=["item", "question", "formula", "answer", "PyTorch layer"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,7 +375,7 @@ def conv_layer_check(in_channels: int, size: int, out_channels: int, kernel: int
         ("parameters with bias", conv_params(in_channels, out_channels, kernel), _numel(layer[True])),
         ("parameters without bias", conv_params(in_channels, out_channels, kernel, bias=False), _numel(layer[False])),
     ]
-    return pd.DataFrame(rows, columns=["quantity", "by formula", "torch nn.Conv2d"])
+    return pd.DataFrame(rows, columns=["quantity", "by formula", "PyTorch"])
 
 
 def _numel(module: nn.Module) -> int:
@@ -585,3 +589,43 @@ def backprop_check(batch: int = 16, sizes: tuple[int, int, int] = (5, 7, 3), lr:
             for k in shapes]
     return pd.DataFrame(rows, columns=["parameter", "gradient: largest difference to autograd",
                                        "after one step: largest difference to torch SGD"])
+
+
+# --------------------------------------------------------------------------------------------
+# Layer tables for a reader
+# --------------------------------------------------------------------------------------------
+
+LAYER_NAMES = {"Conv2d": "convolution", "MaxPool2d": "max-pool", "AvgPool2d": "average pool",
+               "AdaptiveAvgPool2d": "adaptive average pool", "AdaptiveMaxPool2d": "global max-pool",
+               "Linear": "dense", "ReLU": "ReLU", "GELU": "GELU", "Flatten": "flatten", "Dropout": "dropout",
+               "BatchNorm2d": "batch norm", "BatchNorm1d": "batch norm", "Identity": "identity"}
+
+
+def reader_layers(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`layer_table` as a reader wants it: layers numbered in order, layer types in words with
+    their kernel, stride and padding (when ``details`` were taken), output shapes as C×H×W without
+    the batch dimension, and the trainable count only where it differs from the total."""
+    rows = []
+    for k, row in enumerate(table.to_dict("records"), 1):
+        what = LAYER_NAMES.get(row["type"], row["type"])
+        settings = str(row.get("settings") or "")
+        kernel = re.search(r"kernel_size=\(?(\d+)", settings)
+        if kernel:
+            stride = re.search(r"stride=\(?(\d+)", settings)
+            padding = re.search(r"padding=\(?(\d+)", settings)
+            what += f" {kernel[1]}×{kernel[1]}" + (f", stride {stride[1]}" if stride and stride[1] != "1" else "")
+            what += f", padding {padding[1]}" if padding and padding[1] != "0" else ""
+        channels = re.match(r"(\d+), (\d+),", settings)
+        if row["type"] == "Conv2d" and channels:
+            what += f", {channels[1]} → {channels[2]} channels"
+        features = re.match(r"in_features=(\d+), out_features=(\d+)", settings)
+        if features:
+            what += f", {features[1]} → {features[2]}"
+        shape = row["output shape"]
+        dims = [int(d) for d in re.findall(r"\d+", str(shape))][1:] if shape is not None else []
+        rows.append({"#": k, "layer": what, "output (C×H×W)": "×".join(map(str, dims)) or "–",
+                     "parameters": int(row["parameters"]), "trainable": int(row["trainable parameters"])})
+    out = pd.DataFrame(rows)
+    if (out["trainable"] == out["parameters"]).all():
+        out = out.drop(columns="trainable")
+    return out

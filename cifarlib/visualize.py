@@ -115,7 +115,7 @@ def _image_axes(fig, n: int):
     """One big axes for the image on the left, ``n`` small ones (up to 8 per row) on the right."""
     cols = min(n, 8)
     rows = math.ceil(n / cols)
-    grid = fig.add_gridspec(rows, cols + 2, wspace=0.08, hspace=0.25)
+    grid = fig.add_gridspec(rows, cols + 2)
     return fig.add_subplot(grid[:, :2]), [fig.add_subplot(grid[i // cols, 2 + i % cols]) for i in range(n)]
 
 
@@ -137,18 +137,20 @@ def plot_activations(image: torch.Tensor, acts: torch.Tensor, n: int = 16, title
     channels = list(channels) if channels is not None else strongest_channels(maps, n)
     scale = _shared_scale(maps[channels])
     rows = math.ceil(len(channels) / min(len(channels), 8))
-    fig = plt.figure(figsize=(1.45 * (min(len(channels), 8) + 2) + 1.2, 1.6 * rows + 1.0))
+    fig = plt.figure(figsize=(0.55 * (min(len(channels), 8) + 2) + 0.9, 0.8 * rows + 1.0), layout="constrained")
     img_ax, map_axes = _image_axes(fig, len(channels))
     img_ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
-    img_ax.set_title(f"input {image.shape[-1]}x{image.shape[-2]}", fontsize=9)
+    img_ax.set_title(f"input {image.shape[-1]}×{image.shape[-2]}", fontsize=8)
     for ax, c in zip(map_axes, channels):
         im = ax.imshow(maps[c].numpy(), interpolation="nearest", **scale)
-        ax.set_title(f"ch {c}", fontsize=8)
+        ax.set_title(f"ch {c}", fontsize=7.5, pad=2)
     for ax in [img_ax, *map_axes]:
         ax.axis("off")
-    fig.colorbar(im, ax=map_axes, fraction=0.02, pad=0.01, label="activation (shared scale)")
-    fig.suptitle(_flagged(f"{title} (the {len(channels)} {which}of {len(maps)} channels, "
-                          f"{maps.shape[-2]}x{maps.shape[-1]})", pretrained))
+    bar = fig.colorbar(im, ax=map_axes, fraction=0.03, pad=0.02)
+    bar.set_label("activation (shared scale)", fontsize=7.5)
+    bar.ax.tick_params(labelsize=7.5)
+    fig.suptitle(_flagged(f"{title}\nthe {len(channels)} {which}of {len(maps)} channels, "
+                          f"{maps.shape[-2]}×{maps.shape[-1]}", pretrained), fontsize=9)
     return fig
 
 
@@ -161,11 +163,11 @@ def plot_filters(conv1_weight: torch.Tensor, title: str = "First-layer filters",
         raise CifarlibError(f"plot_filters needs conv weights (out, 3, k, k), got shape {tuple(w.shape)}; "
                             "pass model.net.conv1.weight")
     grid = torchvision.utils.make_grid(w, nrow=nrow, padding=1, normalize=True, scale_each=True, pad_value=1.0)
-    fig, ax = plt.subplots(figsize=(6.4, 6.4 * grid.shape[1] / grid.shape[2] + 0.6))
+    fig, ax = plt.subplots(figsize=(4.8, 4.8 * grid.shape[1] / grid.shape[2] + 0.6))
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.axis("off")
     k = w.shape[-1]
-    ax.set_title(_flagged(f"{title}: {w.shape[0]} filters of {k}x{k}x3", pretrained), fontsize=10)
+    ax.set_title(_flagged(f"{title}: {w.shape[0]} filters of {k}×{k}×3", pretrained), fontsize=10)
     ax.text(0.5, -0.02, "each filter min-max scaled to [0, 1] on its own; mid-grey is not necessarily 0",
-            transform=ax.transAxes, ha="center", va="top", fontsize=8)
+            transform=ax.transAxes, ha="center", va="top", fontsize=8.5)
     return fig

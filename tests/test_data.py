@@ -397,6 +397,7 @@ def test_root_from_environment_variables(tmp_path, monkeypatch):
     assert D.load("cifar10", cache_dir=tmp_path / "cache").classes == ["a", "b"]
     assert D.load("mnist", cache_dir=tmp_path / "cache").classes == ["0", "1", "2"]
     monkeypatch.delenv(paths.ENV_DATA)
+    monkeypatch.setattr(D, "probe", lambda url, timeout=None: "offline (stand-in)")  # default location, no network
     with pytest.raises(CifarlibError) as excinfo:
         D.load("cifar10", cache_dir=tmp_path / "cache")
     assert "--data-root" in one_line_error(excinfo) and "$CIFARLIB_DATA" in str(excinfo.value)

@@ -254,8 +254,8 @@ def test_misclassified_gallery_shows_the_most_confident_mistakes_first(tiny_run)
     conf = p.probs[idx, p.preds[idx]]
     assert bool((conf[:-1] >= conf[1:]).all())
     titles = evaluation.gallery_titles(p, idx)
-    assert titles[0].startswith(f"pred: {p.classes[int(p.preds[idx[0]])]}")
-    assert titles[0].endswith(f"true: {p.classes[int(p.labels[idx[0]])]}")
+    assert titles[0].startswith(f"said {p.classes[int(p.preds[idx[0]])]}")
+    assert titles[0].endswith(f"is {p.classes[int(p.labels[idx[0]])]}")
     fig = evaluation.plot_misclassified(p, k=6, ncols=3)
     assert [ax.get_title() for ax in fig.axes[:len(idx)]] == titles
 

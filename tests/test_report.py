@@ -298,9 +298,63 @@ def test_figures_get_numbered_captions():
     given = code("", outputs=[fig])
     given.metadata["caption"] = "Loss against epochs"
     cells = [md("## 2(a) Curves"), code("", outputs=[nbformat.from_dict(dict(fig))]), given]
-    report.caption_figures(cells)
+    assert report.number_floats(cells) == []
     meta = [c.outputs[0].metadata for c in cells[1:]]
     assert [(m["figure_number"], m["caption"]) for m in meta] == [(1, "2(a) Curves"), (2, "Loss against epochs")]
+
+
+def _figure(label: str, caption: str):
+    return nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"},
+                                  metadata={"cifarlib": {"label": label, "caption": caption}})
+
+
+def _table(label: str, caption: str):
+    return nbformat.v4.new_output("display_data", data={"text/markdown": f"*{caption}*\n\n| a |\n|---|\n| 1 |"},
+                                  metadata={"cifarlib": {"label": label, "caption": caption}})
+
+
+def test_figures_and_tables_are_numbered_apart_and_citations_resolve():
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    text = md("@fig:loss and @fig:acc rest on @tab:metrics.")
+    cells = [text, code("", outputs=[_table("metrics", "Final metrics"), _figure("loss", "Loss per epoch")]),
+             code("", outputs=[_figure("acc", "Accuracy per epoch")])]
+    assert report.number_floats(cells) == []
+    assert text.source == "Figure 1 and Figure 2 rest on Table 1."
+    table = cells[1].outputs[0].data["text/markdown"]
+    assert table.startswith("**Table 1:** Final metrics\n\n| a |") and "*Final metrics*" not in table
+    assert [cells[1].outputs[1].metadata["figure_number"], cells[2].outputs[0].metadata["figure_number"]] == [1, 2]
+    assert cells[2].outputs[0].metadata["caption"] == "Accuracy per epoch"
+
+
+def test_a_citation_of_a_missing_label_is_reported():
+    cells = [nbformat.v4.new_markdown_cell("see @fig:nowhere"),
+             nbformat.v4.new_code_cell("", outputs=[_figure("here", "A figure")])]
+    assert report.number_floats(cells) == ["@fig:nowhere"]
+    assert cells[0].source == "see Figure ?"
+
+
+def test_table_title_becomes_the_pandoc_caption_so_it_stays_with_its_table():
+    out = report.caption_tables("**Table 4:** Final metrics\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    assert out == "| a | b |\n|---|---|\n| 1 | 2 |\n\nTable: **Table 4:** Final metrics\n"
+    assert report.caption_tables("no table here") == "no table here"
+
+
+def test_title_fields_go_to_the_title_page_not_the_notebooks(nb_dir, isolated, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(report, "run_notebooks", lambda parts, build, keep: seen.update(params=[p.params for p in parts]))
+    monkeypatch.setattr(report, "build_report", lambda parts, args, argv, out, nb: seen.update(info=report.build_info(args, argv)))
+    report.cli(["--notebooks", str(nb_dir), "--out", str(isolated / "out"), "--no-pdf",
+                "--param", "author=A. Student", "--param", "course=TDT4265"])
+    assert seen["info"]["author"] == "A. Student" and seen["info"]["course"] == "TDT4265"
+    assert all("author" not in p and "course" not in p for p in seen["params"])
+
+
+def test_quick_build_says_on_its_title_page_that_it_is_a_smoke_run():
+    info = {"title": "T", "course": "C", "author": "A", "date": "today", "profile": "quick"}
+    latex = "".join(c.source for c in report.title_cells(info, []) if c.metadata.get("raw_mimetype") == "text/latex")
+    assert "Smoke run" in latex and "not results" in latex and "A" in latex and "C" in latex
+    full = "".join(c.source for c in report.title_cells({**info, "profile": "full"}, []))
+    assert "Smoke run" not in full
 
 
 # ---- the real report ------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def test_the_concrete_answers_hold_for_torch_layers():
 def test_size_answers_table_agrees_with_its_torch_column():
     table = theory.size_answers()
     assert table["answer"].tolist() == [3, 5, 254, 252]
-    assert table["torch layer"].tolist() == ["32 -> 32", "512 -> 508", "508 -> 254", "254 -> 252"]
+    assert table["PyTorch layer"].tolist() == ["32 -> 32", "512 -> 508", "508 -> 254", "254 -> 252"]
 
 
 @pytest.mark.parametrize("size_in,size_out,kernel,stride", [
@@ -252,7 +252,7 @@ def test_unknown_counting_rule_is_refused():
 
 def test_one_by_one_convolution_facts():
     table = theory.conv_layer_check(3, 128, 64, 1).set_index("quantity")
-    assert (table["by formula"] == table["torch nn.Conv2d"]).all()
+    assert (table["by formula"] == table["PyTorch"]).all()
     assert table.loc["output (C x H x W)", "by formula"] == "64 x 128 x 128"
     assert table.loc["parameters with bias", "by formula"] == 256
     assert table.loc["parameters without bias", "by formula"] == 192

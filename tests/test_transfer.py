@@ -255,7 +255,7 @@ def test_plots_return_titled_figures(model):
     assert len(maps) == 16 and "NOT PRETRAINED" in fig._suptitle.get_text()
     fig = visualize.plot_filters(model.net.conv1.weight, pretrained=True)
     assert isinstance(fig, matplotlib.figure.Figure)
-    assert "64 filters of 7x7x3" in fig.axes[0].get_title() and "NOT" not in fig.axes[0].get_title()
+    assert "64 filters of 7×7×3" in fig.axes[0].get_title() and "NOT" not in fig.axes[0].get_title()
     matplotlib.pyplot.close("all")
 
 

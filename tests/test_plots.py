@@ -1,0 +1,126 @@
+"""Figures for print: texts measured at the size the report prints them, legends kept off the data,
+and the label and caption that the report numbers and cites."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from cifarlib import plots  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def style():
+    with plt.rc_context(plots.STYLE):
+        yield
+    plt.close("all")
+
+
+def test_a_figure_at_text_width_prints_at_its_own_size():
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([0, 1], [0, 1])
+    assert plots.print_scale(fig) == 1.0
+    assert plots.print_problems(fig) == []
+
+
+def test_a_wide_figure_is_shrunk_and_its_small_text_is_found():
+    fig, ax = plt.subplots(figsize=(13, 3))
+    ax.plot([0, 1], [0, 1])
+    ax.set_title("wide", fontsize=9)
+    scale = plots.print_scale(fig)
+    assert 0.5 < scale < 0.7  # 6.43 in of text width for the ~10.5 in that the tight box keeps
+    problems = plots.print_problems(fig)
+    assert problems and "print below 7 pt" in problems[0]
+
+
+def test_a_legend_over_the_data_is_found_and_moved_below_the_axes(tmp_path):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.linspace(0, 1, 50)
+    for k in range(4):
+        ax.plot(x, np.full_like(x, 0.9 + 0.02 * k), label=f"a long legend entry {k}")  # flat lines at the top
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right")
+    assert plots._legend_hides_data(ax)
+    assert any("hides data" in p for p in plots.print_problems(fig))
+    plots.show(fig, "legend_case", "A caption", figures_dir=tmp_path)
+    assert not plots._legend_hides_data(ax)
+    assert (tmp_path / "legend_case.png").is_file() and (tmp_path / "legend_case.pdf").is_file()
+
+
+def test_show_attaches_label_caption_and_problems_to_the_displayed_figure(tmp_path, monkeypatch):
+    shown = []
+    import IPython
+    import IPython.display
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    monkeypatch.setattr(IPython.display, "display", lambda obj, metadata: shown.append((obj, metadata)))
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [1, 0])
+    plots.show(fig, "fig_name", "What it shows", figures_dir=tmp_path)
+    assert shown == [(fig, {"cifarlib": {"label": "fig_name", "caption": "What it shows", "print_problems": []}})]
+
+
+# ---- every figure the report draws, on made-up inputs ------------------------------------------------
+
+def _history(epochs: int = 5, steps: int = 1):
+    rows = []
+    for e in range(1, epochs + 1):
+        for s in range(steps):
+            frac = e - 1 + (s + 1) / steps
+            rows.append({"epoch": frac, "examples_seen": int(frac * 50_000),
+                         **{f"{split}_loss": 2.3 / (1 + frac) + k * 0.05 for k, split in enumerate(("train", "val", "test"))},
+                         **{f"{split}_acc": 0.1 + 0.8 * frac / epochs - k * 0.01 for k, split in enumerate(("train", "val", "test"))}})
+    return rows
+
+
+class _Rec:
+    def __init__(self, epochs=5, steps=1):
+        self.history = _history(epochs, steps)
+        self.metrics = {"status": "finished"}
+
+
+def _figures():
+    import torch
+
+    from cifarlib import ablation, evaluation, studies, theory, visualize
+
+    gen = torch.Generator().manual_seed(0)
+    n, classes = 40, ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    probs = torch.rand(n, 10, generator=gen).softmax(1)
+    pred = evaluation.Predictions(images=torch.randint(0, 255, (n, 3, 32, 32), dtype=torch.uint8, generator=gen),
+                                  labels=torch.randint(0, 10, (n,), generator=gen), preds=probs.argmax(1),
+                                  probs=probs, classes=classes)
+    runs = {"learning rate 0.1": _Rec(), "learning rate 0.01": _Rec(), "learning rate 0.0001": _Rec()}
+    deltas = pd.DataFrame({"change": [f"change {k}" for k in range(14)], "Δ val (pts)": np.linspace(4, -4, 14),
+                           "Δ test (pts)": np.linspace(3.5, -4.5, 14)})
+    image = torch.rand(3, 256, 256, generator=gen)
+    yield "curves", plots.plot_curves(_Rec().history, "loss", title="Table-1 baseline: cross-entropy loss")
+    yield "loss and accuracy", plots.plot_loss_and_accuracy(_Rec(8, 4).history, "Main configuration", x="examples_seen")
+    yield "runs", plots.plot_runs({"ResNet18 transfer (ImageNet weights)": _Rec(), "Model B": _Rec()}, "loss",
+                                  splits=("train", "val"), title="Training and validation loss")
+    yield "comparison", studies.plot_comparison(runs, "Learning-rate sweep (SGD, momentum 0.5)")
+    yield "confusion", plots.plot_confusion(np.random.default_rng(0).integers(0, 900, (10, 10)), classes)
+    yield "gallery", evaluation.plot_misclassified(pred)
+    yield "conv by hand", theory.plot_conv_by_hand(theory.CONV_IMAGE, theory.SOBEL_KERNEL, padding=1)
+    yield "ablation", ablation.plot_deltas(deltas, noise=5.5)
+    for pretrained in (True, False):
+        yield "activations", visualize.plot_activations(image, torch.randn(1, 64, 128, 128, generator=gen),
+                                                        title="conv1 activations, CIFAR-10 test image 3 (cat)",
+                                                        pretrained=pretrained)
+        yield "filters", visualize.plot_filters(torch.randn(64, 3, 7, 7, generator=gen), pretrained=pretrained)
+
+
+def test_every_report_figure_is_legible_at_print_size():
+    bad = {}
+    for name, fig in _figures():
+        problems = plots.print_problems(fig)
+        if problems:
+            bad[name] = problems
+        plt.close(fig)
+    assert not bad, bad
