@@ -181,3 +181,61 @@ def plot_deltas(table: pd.DataFrame, noise: float | None = None, title: str | No
     fig.tight_layout(rect=(0, 0.5 / (0.24 * len(table) + 1.5), 1, 1))
     return fig
 
+
+
+def discussion(table: pd.DataFrame, ref: dict, noise: float, labels: Mapping[str, str] | None = None,
+               why: Mapping[str, str] | None = None, top: int = 3, bottom: int = 2) -> str:
+    """The Task 2(e) discussion as Markdown, every claim built from ``table`` (:func:`delta_table`),
+    the reference's accuracy ``ref`` (:func:`reference_accuracy`) and the ``noise`` band (points):
+    what the noise allows, which changes leave the band, the ranking, and the mechanism (``why``) of
+    the changes at both ends."""
+    labels, why = labels or {}, why or {}
+
+    def name(change):
+        return labels.get(change, change.replace("_", " "))
+
+    def pts(value):
+        return f"{value:+.1f}".replace("-", "\u2212")
+
+    deltas = dict(zip(table["change"], table["Δ val (pts)"]))
+    if ref["runs"] < 2:
+        noise_text = ("With a single reference run there is no measure of the run-to-run noise, so no change "
+                      "below can be called a gain or a loss.")
+    else:
+        noise_text = (f"The reference reaches {ref['val_mean']:.1f} ± {ref['val_std']:.1f} % validation accuracy over "
+                      f"{ref['runs']} seeds. Twice that standard deviation, ±{noise:.1f} points, is the band inside which "
+                      "one run of a variant cannot be told apart from the reference.")
+    helped = [c for c, d in deltas.items() if verdict(d, noise) == "helped"] if ref["runs"] >= 2 else []
+    hurt = [c for c, d in deltas.items() if verdict(d, noise) == "hurt"] if ref["runs"] >= 2 else []
+    if ref["runs"] < 2:
+        band = ""
+    elif not helped and not hurt:
+        band = (f"None of the {len(deltas)} changes moves the validation accuracy outside this band: on this "
+                "evidence no single change, added on its own to this recipe, is a demonstrated gain or loss.")
+    else:
+        band = " ".join(s for s in (
+            f"Outside the band, {_join([f'{name(c)} ({pts(deltas[c])} points)' for c in helped])} helped." if helped else "",
+            f"{_join([f'{name(c)} ({pts(deltas[c])} points)' for c in hurt]).capitalize()} hurt." if hurt else "",
+            _rest(len(deltas) - len(helped) - len(hurt))) if s)
+    ranked = list(table["change"])
+    gains = [c for c in ranked[:top] if deltas[c] > 0]
+    losses = [c for c in ranked[::-1][:bottom] if deltas[c] < 0][::-1]
+    order = []
+    if gains:
+        order.append(f"the largest gains came from {_join([f'{name(c)} ({pts(deltas[c])})' for c in gains])}")
+    if losses:
+        order.append(f"{', and' if gains else ''} the largest losses from {_join([f'{name(c)} ({pts(deltas[c])})' for c in losses])}")
+    ranking = (f"Ranked by their change in validation accuracy (points), {''.join(order).lstrip(', ')}."
+               if order else "")
+    if ranking and not helped and not hurt:
+        ranking += " Inside the band this order is a hint, not a result."
+    bullets = [f"- **{name(c).capitalize()}** ({pts(deltas[c])}): {why[c]}" for c in gains + losses if c in why]
+    return "\n\n".join(p for p in (" ".join(s for s in (noise_text, band) if s), ranking, "\n".join(bullets)) if p)
+
+
+def _rest(n: int) -> str:
+    return "" if n == 0 else "The other change stays inside it." if n == 1 else f"The other {n} changes stay inside it."
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""

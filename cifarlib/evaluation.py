@@ -173,3 +173,29 @@ def cost_table(groups) -> pd.DataFrame:
                      "s per epoch": sum(w / e for w, e in zip(walls, epochs)) / len(walls),
                      "device": f"{rec.metrics['device']} ({rec.metrics['precision']}, {_threads(records)} threads)"})
     return pd.DataFrame(rows)
+
+
+def mistakes_sentence(top: pd.DataFrame, p: Predictions, matrix) -> str:
+    """A short paragraph on the mistakes, every number from ``top`` (:func:`top_confusions`), the
+    predictions ``p`` and the confusion ``matrix``."""
+    m = torch.as_tensor(matrix).long()
+    errors = int(m.sum() - m.diag().sum())
+    if errors == 0 or top.empty:
+        return f"The model classifies all {int(m.sum()):,} test images correctly."
+    acc = 100.0 * m.diag().float() / m.sum(dim=1).clamp(min=1).float()
+    worst, best = int(acc.argmin()), int(acc.argmax())
+    first = top.iloc[0]
+    pairs = {frozenset((r["true"], r["predicted"])) for _, r in top.iterrows()}
+    both_ways = [sorted(pair) for pair in pairs if len(pair) == 2 and
+                 ((top["true"] == sorted(pair)[0]) & (top["predicted"] == sorted(pair)[1])).any() and
+                 ((top["true"] == sorted(pair)[1]) & (top["predicted"] == sorted(pair)[0])).any()]
+    text = (f"Of the {int(m.sum()):,} test images, {errors:,} ({100.0 * errors / int(m.sum()):.1f} %) are misclassified. "
+            f"The most frequent mistake is {first['true']} taken for {first['predicted']} ({int(first['images'])} images, "
+            f"{first['% of true class']:.1f} % of all {first['true']} images); the {len(top)} most frequent mistakes "
+            f"make up {int(top['images'].sum()):,} of the {errors:,} errors. The weakest class is {p.classes[worst]} "
+            f"({acc[worst]:.1f} %), the strongest {p.classes[best]} ({acc[best]:.1f} %).")
+    if both_ways:
+        text += (" Some pairs are confused in both directions ("
+                 + ", ".join(f"{a} and {b}" for a, b in sorted(both_ways))
+                 + "): classes that share shape, texture or background at 32×32 pixels.")
+    return text

@@ -125,8 +125,8 @@ def _legend_hides_data(ax) -> bool:
 def _legend_below(ax) -> None:
     """Move ``ax``'s legend under its x-axis label, in as many columns as fit."""
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(3, len(labels)),
-              frameon=False)
+    ncol = min(3, len(labels)) if max(map(len, labels), default=0) <= 24 else 1
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=ncol, frameon=False)
     ax.figure.tight_layout()
 
 

@@ -651,6 +651,7 @@ FONTS = (("\\small", 10.0), ("\\footnotesize", 9.0), ("\\scriptsize", 8.0))  # s
 CHAR_EM = 0.5  # an average character (a digit is exactly 0.5 em)
 GAP_EM = 1.2  # the space between two columns
 WRAP_CHARS = 24  # cells longer than this may wrap at spaces first; shorter ones only as a last resort
+SHORT_CHARS = 10  # body cells this short never wrap
 KEEP_ROWS = 20  # a table this short is one block that never breaks across pages (no lone rows)
 BOXED_ROWS = 30  # a table too wide even when wrapped is scaled down in a box if it is this short
 
@@ -724,7 +725,8 @@ def _column_widths(lines: list[str]) -> list[tuple[int, int, int]]:
             word = max(map(len, text.split()), default=0)
             wraps = i < head_end or len(text) > WRAP_CHARS
             columns += [[] for _ in range(k + 1 - len(columns))]
-            columns[k].append((len(text), word if wraps else len(text), word))
+            short = len(text) <= SHORT_CHARS  # a name like "Model A" or "LeNet-5" never breaks
+            columns[k].append((len(text), word if wraps and not short else len(text), len(text) if short else word))
     return [tuple(max(c[j] for c in col) for j in range(3)) for col in columns]
 
 

@@ -262,6 +262,13 @@ def find_runs(name: str | None = None, runs_dir=None) -> list[RunRecord]:
     return [r for r in records if name is None or r.config.name == name]
 
 
+def find_finished(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None) -> RunRecord | None:
+    """The finished run of ``cfg`` on this data with this code, or None; never trains."""
+    splits = prepare_splits(cfg, data, data_root)
+    run_dir = paths.runs_dir(runs_dir) / f"{cfg.name}-{run_hash(cfg, splits.identity)}"
+    return _log_use(load_run(run_dir)) if is_finished(run_dir) else None
+
+
 def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None, force: bool = False,
                   progress: bool | None = None) -> RunRecord:
     """The finished run of ``cfg`` on this data with this code, trained now if there is none.

@@ -51,17 +51,29 @@ def _percent(item, key: str) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
 
 
-def comparison_table(records: Mapping[str, object], label: str = "run") -> pd.DataFrame:
-    """One row per run (a run record or a ``fit`` Run): status, parameters, final train and test
-    accuracy in percent (the text "diverged" for a diverged run) and the training time."""
+def comparison_table(records: Mapping[str, object], label: str = "run", losses: bool = False) -> pd.DataFrame:
+    """One row per run (a run record or a ``fit`` Run): parameters, final train and test accuracy in
+    percent (the text "diverged" for a diverged run) and the training time; with ``losses`` also the
+    final train and test loss (each run's own loss function). A status column appears only when some
+    run did not finish normally, and the device goes into the time column's header when all runs share it."""
     rows = []
     for name, item in records.items():
         m = item.metrics
-        rows.append({label: name, "status": _status(item), "params": f"{m.get('params', 0):,}",
-                     "train acc (%)": _percent(item, "final_train_acc"),
-                     "test acc (%)": _percent(item, "final_test_acc"),
-                     "time (s)": f"{m.get('wall_s', math.nan):.0f}", "device": m.get("device", "?")})
-    return pd.DataFrame(rows)
+        row = {label: name, "status": _status(item), "params": f"{m.get('params', 0):,}"}
+        if losses:
+            for split in ("train", "test"):
+                value = m.get(f"final_{split}_loss", math.nan)
+                ok = _status(item) != DIVERGED and value is not None and math.isfinite(value)
+                row[f"{split} loss"] = f"{value:.4g}" if ok else (DIVERGED if _status(item) == DIVERGED else "–")
+        row.update({"train acc (%)": _percent(item, "final_train_acc"), "test acc (%)": _percent(item, "final_test_acc"),
+                    "time (s)": f"{m.get('wall_s', math.nan):.0f}", "device": m.get("device", "?")})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if (frame["status"] == "finished").all():
+        frame = frame.drop(columns="status")
+    if frame["device"].nunique() == 1:
+        frame = frame.drop(columns="device").rename(columns={"time (s)": f"time (s, {frame['device'].iloc[0]})"})
+    return frame
 
 
 def comparison_lines(records: Mapping[str, object], reference: str) -> list[str]:
@@ -89,20 +101,51 @@ def epoch_ends(history) -> pd.DataFrame:
     return frame[np.isclose(frame["epoch"], frame["epoch"].round())].reset_index(drop=True)
 
 
+LOSS_NAMES = {"cross_entropy": "Cross-entropy", "mse": "L2"}
+
+
 def plot_comparison(records: Mapping[str, object], title: str, metrics: Sequence[str] = ("loss", "acc"),
-                    splits: Sequence[str] = ("train", "test"), x: str = "epoch"):
-    """One panel per metric, one line per (run, split): the runs of a study side by side."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 if len(metrics) > 1 else 4.8, 3.3), squeeze=False)
-    histories = {name: finite(item.history) for name, item in records.items()}
-    for ax, metric in zip(axes[0], metrics):
-        what = "Loss" if metric == "loss" else "Accuracy"
-        plots.plot_runs(histories, metric, splits=splits, x=x, ax=ax, title=what)
+                    splits: Sequence[str] = ("train", "test"), x: str = "epoch", epoch_ends_only: bool = False,
+                    loss_per_run: bool = False):
+    """One panel per metric, one line per (run, split): the runs of a study side by side.
+
+    ``epoch_ends_only`` keeps the evaluations at whole epochs (one point per epoch). ``loss_per_run``
+    gives each run's loss a panel of its own, with its own y-axis and the loss of a uniform guess as a
+    grey dotted line: for runs whose losses live on different scales (cross-entropy against L2)."""
+    pick = epoch_ends if epoch_ends_only else finite
+    histories = {name: pick(item.history) for name, item in records.items()}
+    panels = [(m, None) for m in metrics]
+    if loss_per_run and "loss" in metrics:
+        i = list(metrics).index("loss")
+        panels = panels[:i] + [("loss", name) for name in records] + panels[i + 1:]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 if len(panels) > 1 else 4.8, 3.3), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles, labels = [], []
+    for ax, (metric, run) in zip(axes[0], panels):
+        if run is None:
+            what = "Loss" if metric == "loss" else "Accuracy"
+            plots.plot_runs(histories, metric, splits=splits, x=x, ax=ax, title=what)
+            if not handles:
+                handles, labels = ax.get_legend_handles_labels()
+        else:
+            i, kind = list(records).index(run), records[run].config.loss
+            plots.plot_curves(histories[run], "loss", x=x, splits=splits, ax=ax, style={"color": colors[i % len(colors)]},
+                              title=f"{LOSS_NAMES.get(kind, kind)} loss")
+            ax.axhline(uniform_loss(kind), color="0.5", ls=(0, (1, 2)), lw=1.2)
         ax.get_legend().remove()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), frameon=False)
+    if loss_per_run:
+        handles = handles + [plt.Line2D([], [], color="0.5", ls=(0, (1, 2)), lw=1.2)]
+        labels = labels + ["loss of a uniform guess"]
+    ncol = min(3, -(-len(labels) // max(1, len(splits))))  # one column per run: its splits stacked
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 2) // 3) + 0.02, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 * -(-len(labels) // ncol) + 0.02, 1, 1))
     return fig
+
+
+def uniform_loss(kind: str = "cross_entropy", num_classes: int = 10) -> float:
+    """The loss of a uniform softmax (all scores equal): ln 10 = 2.303 for cross-entropy, 0.09 for L2."""
+    return train.sample_losses(torch.zeros(1, num_classes), torch.tensor([0]), kind).item()
 
 
 def start_gradients(num_classes: int = 10) -> tuple[float, float]:
@@ -115,3 +158,164 @@ def start_gradients(num_classes: int = 10) -> tuple[float, float]:
         train.sample_losses(scores, torch.tensor([0]), kind).sum().backward()
         grads.append(scores.grad[0, 0].item())
     return grads[0], grads[1]
+
+
+# --- Sentences for the report, written from the run records' numbers -------------------------------------
+# The report's discussions quote these instead of fixed claims, so that they hold for the build at hand.
+
+NEAR_CHANCE = 0.2  # a 10-class network below 20 % test accuracy has not yet learned much (chance is 10 %)
+
+
+def acc(item, split: str = "test") -> float:
+    """Final accuracy of ``split`` in percent (NaN when missing or the run diverged)."""
+    value = item.metrics.get(f"final_{split}_acc")
+    ok = _status(item) != DIVERGED and value is not None and math.isfinite(value)
+    return 100.0 * value if ok else math.nan
+
+
+def examples_to_reach(item, level: float, split: str = "val") -> int | None:
+    """Training examples seen at the first evaluation where ``split`` accuracy reached ``level`` (a
+    fraction), or None if it never did."""
+    frame = finite(item.history)
+    hit = frame[frame[f"{split}_acc"] >= level]
+    return None if hit.empty else int(hit["examples_seen"].iloc[0])
+
+
+def _per_epoch(item) -> float:
+    m = item.metrics
+    return m["examples_seen"] / m["epochs_run"] if m.get("epochs_run") else math.nan
+
+
+def _when(item, level: float) -> str:
+    """"after 12,800 examples (0.3 epochs)" or "" when the validation accuracy never reached ``level``."""
+    n = examples_to_reach(item, level)
+    if n is None:
+        return ""
+    e = n / _per_epoch(item)
+    return f"after {n:,} examples ({e:.2g} epoch{'' if f'{e:.2g}' == '1' else 's'})"
+
+
+def _budget(item) -> str:
+    m = item.metrics
+    return f"{m['examples_seen']:,} training examples ({m['epochs_run']:g} epoch{'s' if m['epochs_run'] != 1 else ''})"
+
+
+def _loss_progress(item) -> str:
+    """"2.303, practically the 2.303 of a uniform guess" or "0.0412, 82 % below the 0.09 of a uniform guess"."""
+    loss, start = item.metrics.get("final_train_loss", math.nan), uniform_loss(item.config.loss)
+    if loss >= 0.95 * start:
+        return f"{loss:.4g}, practically the {start:.4g} of a uniform guess"
+    return f"{loss:.4g}, {100 * (1 - loss / start):.0f} % below the {start:.4g} of a uniform guess"
+
+
+def _still_at_start(item) -> str:
+    """A clause for a run that has barely moved from a uniform guess, else ""."""
+    loss, start = item.metrics.get("final_train_loss", math.nan), uniform_loss(item.config.loss)
+    if _status(item) == DIVERGED or not math.isfinite(loss) or loss < 0.95 * start:
+        return ""
+    return f"its training loss is still {_loss_progress(item)}: the weights have hardly moved from their random start"
+
+
+def describe_main(item) -> str:
+    """The main run in a few sentences: final accuracies, how fast it learned, whether it is still
+    improving at the end and whether training and held-out accuracy drift apart."""
+    tr, va, te = acc(item, "train"), acc(item, "val"), acc(item, "test")
+    if te < 100 * NEAR_CHANCE:
+        return (f"After {_budget(item)} the network is still close to chance: {te:.1f} % test accuracy against "
+                f"the 10 % of guessing, and {_still_at_start(item) or 'its loss has only begun to fall'}. "
+                "The curves show the very start of training only.")
+    text = f"The main configuration ends at **{te:.2f} %** test accuracy ({tr:.2f} % on the training subset, " \
+           f"{va:.2f} % on validation) after {_budget(item)}."
+    speed = [f"{100 * lvl:.0f} % {_when(item, lvl)}" for lvl in (0.9, 0.95) if _when(item, lvl)]
+    if speed:
+        text += " Validation accuracy passes " + " and ".join(speed) + "."
+    ends = epoch_ends(item.history)
+    if len(ends) >= 2:
+        change = 100 * (ends["val_acc"].iloc[-1] - ends["val_acc"].iloc[-2])
+        text += (f" In the last epoch it changes by {change:+.2f} points: "
+                 + ("the network is still improving when training stops." if change > 0.1 else
+                    "the curve has levelled off."))
+    gap = tr - va
+    text += (f" Training accuracy is {gap:.1f} points above validation: the network has begun to fit its training "
+             "digits better than new ones." if gap >= 2 else
+             f" Training, validation and test accuracy stay within {max(tr, va, te) - min(tr, va, te):.1f} points of "
+             "each other: no sign of overfitting within this budget.")
+    return text
+
+
+def describe_lr_sweep(records: Mapping[str, object]) -> str:
+    """One sentence per learning rate (final test accuracy, speed, divergence), then the best rate."""
+    parts = []
+    for item in records.values():
+        lr = f"At learning rate {item.config.lr:g}"
+        if _status(item) == DIVERGED:
+            parts.append(f"{lr} the loss stopped being a finite number and the run diverged.")
+            continue
+        stuck, fast = _still_at_start(item), _when(item, 0.9)
+        parts.append(f"{lr} the network ends at {acc(item):.2f} % test accuracy"
+                     + (f"; {stuck}." if stuck else f", reaching 90 % validation accuracy {fast}." if fast else
+                        ", without reaching 90 % validation accuracy."))
+    ok = {name: item for name, item in records.items() if _status(item) != DIVERGED}
+    diverged = len(records) - len(ok)
+    parts.append("No run diverged." if not diverged else f"{diverged} of the {len(records)} runs diverged.")
+    if ok:
+        best = max(ok.values(), key=acc)
+        others = [acc(i) for i in ok.values() if i is not best]
+        margin = acc(best) - max(others) if others else math.nan
+        parts.append(f"The best test accuracy, {acc(best):.2f} %, comes from learning rate {best.config.lr:g}"
+                     + (f", {margin:.2f} points ahead of the next." if others else "."))
+        gap = max(acc(i, "train") - acc(i) for i in ok.values())
+        parts.append(f"No run's training accuracy is more than {max(gap, 0):.1f} points above its test accuracy."
+                     if gap < 2 else f"The largest gap between training and test accuracy is {gap:.1f} points.")
+    return " ".join(parts)
+
+
+def describe_losses(records: Mapping[str, object], reference: str) -> str:
+    """Cross-entropy (``reference``) against the other loss: accuracies, and how much of its
+    uniform-guess loss each run has removed (a scale-free way to compare two different losses)."""
+    ref = records[reference]
+    sentences = []
+    for name, item in records.items():
+        loss, start = item.metrics.get("final_train_loss", math.nan), uniform_loss(item.config.loss)
+        kind = LOSS_NAMES.get(item.config.loss, item.config.loss)
+        kind = kind if kind.isupper() else kind.lower()
+        if _status(item) == DIVERGED:
+            sentences.append(f"The {kind} run diverged.")
+            continue
+        sentences.append(f"The {kind} run ends at {acc(item):.2f} % test accuracy with a training loss of "
+                         f"{_loss_progress(item)}.")
+        if name != reference:
+            diff = acc(item) - acc(ref)
+            sentences.append(f"Its test accuracy is {abs(diff):.2f} points {'below' if diff < 0 else 'above'} "
+                             "the cross-entropy run's.")
+    return " ".join(sentences)
+
+
+def describe_networks(records: Mapping[str, object], seeds: Mapping[str, list], reference: str) -> str:
+    """Two networks: parameters, the single-seed result, then mean and spread over the seeds and
+    whether their single runs can land in either order. Labels read as "the <label> network"."""
+    other = next(n for n in records if n != reference)
+    big, small = records[reference], records[other]
+    ratio = big.metrics["params"] / small.metrics["params"]
+    text = (f"The {other} network has {small.metrics['params']:,} parameters, {ratio:.0f} times fewer than the "
+            f"{big.metrics['params']:,} of the {reference} network. With seed {big.config.seed} the {reference} "
+            f"network ends at {acc(big):.2f} % and the {other} network at {acc(small):.2f} % test accuracy.")
+    fast = {n: examples_to_reach(records[n], 0.9) for n in (reference, other)}
+    if all(v is not None for v in fast.values()) and fast[reference] != fast[other]:
+        first, later = sorted(fast, key=fast.get)
+        text += (f" The {first} network passes 90 % validation accuracy first, after {fast[first]:,} examples "
+                 f"against {fast[later]:,} for the {later} network.")
+    tests = {n: [acc(r) for r in seeds[n]] for n in (reference, other)}
+    if min(len(v) for v in tests.values()) < 2:
+        return text
+    mean = {n: float(np.nanmean(v)) for n, v in tests.items()}
+    std = {n: float(np.nanstd(v, ddof=1)) for n, v in tests.items()}
+    lead, lag = sorted(mean, key=mean.get, reverse=True)
+    diff = mean[lead] - mean[lag]
+    text += (f" Over {len(tests[reference])} seeds the {lead} network averages {mean[lead]:.2f} % and the {lag} "
+             f"network {mean[lag]:.2f} % test accuracy, a difference of {diff:.2f} points, against a seed-to-seed "
+             f"standard deviation of {std[reference]:.2f} ({reference}) and {std[other]:.2f} ({other}) points.")
+    overlap = min(tests[lead]) < max(tests[lag])
+    text += (" Single runs of the two land in either order: one run per network would not settle which is better."
+             if overlap else f" Every run of the {lead} network beats every run of the {lag} network.")
+    return text

@@ -123,7 +123,11 @@ SETTING_NAMES = {
 }
 VALUE_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "onecycle": "one-cycle", "cosine": "cosine",
                "none": "none", "cross_entropy": "cross-entropy", "mse": "L2 (softmax vs one-hot)", "zeros": "zeros",
-               "reflect": "mirrored image", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+               "reflect": "mirrored image", "bf16": "bfloat16", "fp32": "float32", "fp16": "float16",
+               "baseline": "Table-1 network", "improved_a": "Model A", "improved_b": "Model B",
+               "resnet18_transfer": "ResNet18 (ImageNet layout)", "mnist_lenet": "LeNet-5-style network",
+               "mnist_small": "small network", "table1_variant": "Table-1 family network",
+               "whitened_net": "whitened network"}
 
 
 def setting_name(key: str) -> str:

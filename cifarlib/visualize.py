@@ -171,3 +171,51 @@ def plot_filters(conv1_weight: torch.Tensor, title: str = "First-layer filters",
     ax.text(0.5, -0.02, "each filter min-max scaled to [0, 1] on its own; mid-grey is not necessarily 0",
             transform=ax.transAxes, ha="center", va="top", fontsize=8.5)
     return fig
+
+
+# ---- what the figures show, in numbers -------------------------------------------------------------
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double() - a.double().mean(), b.flatten().double() - b.double().mean()
+    return float((a @ b) / (a.norm() * b.norm()).clamp(min=1e-12))
+
+
+def first_layer_summary(image: torch.Tensor, acts: torch.Tensor, n: int = 16) -> dict:
+    """For the ``n`` strongest conv1 channels: how many follow the image's brightness (|correlation|
+    with the grey image at the maps' resolution above 0.5) and how many its edges (correlation with
+    the grey image's gradient magnitude above 0.3 while not following brightness)."""
+    maps = acts.reshape(-1, *acts.shape[-2:]).float()
+    grey = F.interpolate(image.mean(0)[None, None], size=maps.shape[-2:], mode="area")[0, 0]
+    edges = torch.zeros_like(grey)
+    edges[1:-1, 1:-1] = ((grey[1:-1, 2:] - grey[1:-1, :-2]) ** 2 + (grey[2:, 1:-1] - grey[:-2, 1:-1]) ** 2).sqrt()
+    shown = strongest_channels(maps, n)
+    bright = [c for c in shown if abs(_corr(maps[c], grey)) > 0.5]
+    edge = [c for c in shown if c not in bright and abs(_corr(maps[c].abs(), edges)) > 0.3]
+    return {"shown": len(shown), "channels": len(maps), "brightness": len(bright), "edges": len(edge),
+            "inverted": sum(_corr(maps[c], grey) < 0 for c in bright)}
+
+
+def last_layer_summary(acts: torch.Tensor, n: int = 16) -> dict:
+    """How sparse the layer4 output is for one image, and how much of the ``n`` strongest channels'
+    activation lies in the central half of the map (where CIFAR-10 objects usually are)."""
+    maps = acts.reshape(-1, *acts.shape[-2:]).float()
+    h, w = maps.shape[-2:]
+    centre = maps[:, h // 4: h - h // 4, w // 4: w - w // 4]
+    shown = strongest_channels(maps, n)
+    total = float(maps[shown].sum())
+    return {"zero_values": float((maps == 0).float().mean()), "silent_channels": int((maps.amax(dim=(1, 2)) == 0).sum()),
+            "channels": len(maps), "centre_share": float(centre[shown].sum()) / total if total > 0 else float("nan"),
+            "centre_area": centre.shape[-1] * centre.shape[-2] / (h * w), "side": h}
+
+
+def filter_summary(weight: torch.Tensor) -> dict:
+    """How many filters are nearly grey (their three colour channels correlate above 0.9: they weigh
+    brightness, not colour) and how many weigh colours against each other (some pair of channels
+    correlates below 0)."""
+    w = weight.detach().float().cpu()
+    grey = opponent = 0
+    for f in w:
+        r = [_corr(f[i], f[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+        grey += min(r) > 0.9
+        opponent += min(r) < 0
+    return {"filters": len(w), "grey": grey, "opponent": opponent, "side": w.shape[-1]}

@@ -146,3 +146,116 @@ def test_l2_gradient_at_a_uniform_softmax_is_fifty_times_smaller():
 def test_epoch_ends_keep_whole_epochs_only():
     history = [{"epoch": e, "step": int(e * 4)} for e in (0.5, 1.0, 1.5, 2.0)]
     assert studies.epoch_ends(history)["epoch"].tolist() == [1.0, 2.0]
+
+
+# --- the report's generated sentences and figures, on made-up records --------------------------------------
+
+import math
+from types import SimpleNamespace
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from cifarlib import plots
+
+
+def _record(val_accs, test_acc, train_acc=None, loss="cross_entropy", train_loss=0.1, lr=0.01, status="finished",
+            params=61_706, seed=0, per_epoch=50_000, points_per_epoch=2):
+    """A run-record look-alike: evaluations every half epoch with the given validation accuracies."""
+    n = len(val_accs)
+    epochs = [(i + 1) / points_per_epoch for i in range(n)]
+    history = pd.DataFrame({"epoch": epochs, "examples_seen": [int(e * per_epoch) for e in epochs],
+                            "val_acc": val_accs, "train_acc": val_accs, "test_acc": val_accs,
+                            "train_loss": [train_loss] * n, "val_loss": [train_loss] * n, "test_loss": [train_loss] * n})
+    metrics = {"final_test_acc": test_acc, "final_val_acc": val_accs[-1],
+               "final_train_acc": val_accs[-1] if train_acc is None else train_acc, "final_train_loss": train_loss,
+               "final_test_loss": train_loss, "examples_seen": int(epochs[-1] * per_epoch), "epochs_run": epochs[-1],
+               "params": params, "wall_s": 12.0, "device": "cpu", "status": status}
+    return SimpleNamespace(config=SimpleNamespace(loss=loss, lr=lr, seed=seed), metrics=metrics, history=history,
+                           status=status)
+
+
+def test_uniform_guess_losses():
+    assert studies.uniform_loss("cross_entropy") == pytest.approx(math.log(10))
+    assert studies.uniform_loss("mse") == pytest.approx(0.09)
+
+
+def test_examples_to_reach_the_first_evaluation_at_a_level():
+    rec = _record([0.5, 0.91, 0.96, 0.97], 0.97)
+    assert studies.examples_to_reach(rec, 0.9) == 50_000 and studies.examples_to_reach(rec, 0.95) == 75_000
+    assert studies.examples_to_reach(rec, 0.99) is None
+
+
+def test_describe_main_quotes_the_numbers_and_reads_the_trend():
+    text = studies.describe_main(_record([0.5, 0.91, 0.96, 0.975], 0.9712, train_acc=0.98))
+    assert "**97.12 %**" in text and "98.00 %" in text and "97.50 %" in text
+    assert "passes 90 % after 50,000 examples (1 epoch)" in text and "95 % after 75,000 examples (1.5 epochs)" in text
+    assert "+6.50 points" in text and "still improving" in text and "no sign of overfitting" in text
+    overfit = studies.describe_main(_record([0.9, 0.9, 0.9, 0.9], 0.9, train_acc=0.99))
+    assert "9.0 points above validation" in overfit and "levelled off" in overfit
+
+
+def test_describe_main_near_chance_says_so():
+    text = studies.describe_main(_record([0.1, 0.11], 0.11, train_loss=2.30))
+    assert "still close to chance" in text and "practically the 2.303 of a uniform guess" in text
+    assert "%**" not in text
+
+
+def test_describe_lr_sweep_names_the_best_rate_and_the_diverged_run():
+    runs = {"lr 0.1": _record([0.95, 0.98], 0.981, lr=0.1), "lr 0.01": _record([0.8, 0.92], 0.95, lr=0.01),
+            "lr 0.0001": _record([0.1, 0.11], 0.11, lr=1e-4, train_loss=2.3),
+            "lr 10": _record([0.1], math.nan, lr=10, status="diverged")}
+    text = studies.describe_lr_sweep(runs)
+    assert "At learning rate 0.1 the network ends at 98.10 % test accuracy, reaching 90 % validation accuracy " \
+           "after 25,000 examples" in text
+    assert "At learning rate 0.0001" in text and "hardly moved" in text
+    assert "At learning rate 10 the loss stopped being a finite number" in text and "1 of the 4 runs diverged" in text
+    assert "comes from learning rate 0.1, 3.10 points ahead" in text
+
+
+def test_describe_losses_compares_each_loss_with_its_uniform_guess():
+    runs = {"cross-entropy": _record([0.9, 0.97], 0.97, train_loss=0.2303),
+            "L2": _record([0.1, 0.3], 0.30, loss="mse", train_loss=0.0855)}
+    text = studies.describe_losses(runs, reference="cross-entropy")
+    assert "cross-entropy run ends at 97.00 %" in text and "90 % below the 2.303 of a uniform guess" in text
+    assert "L2 run ends at 30.00 %" in text and "practically the 0.09 of a uniform guess" in text
+    assert "67.00 points below the cross-entropy run's" in text
+
+
+def test_describe_networks_reads_the_seed_spread():
+    big = [_record([0.9, 0.98], a) for a in (0.980, 0.982, 0.984)]
+    small = [_record([0.95, 0.97], a, params=2_202) for a in (0.975, 0.983, 0.970)]
+    text = studies.describe_networks({"LeNet-5": big[0], "small": small[0]}, {"LeNet-5": big, "small": small},
+                                     reference="LeNet-5")
+    assert "2,202 parameters, 28 times fewer than the 61,706" in text
+    assert "The small network passes 90 % validation accuracy first, after 25,000 examples against 50,000" in text
+    assert "the LeNet-5 network averages 98.20 % and the small network 97.60 %" in text
+    assert "either order" in text
+    apart = studies.describe_networks({"LeNet-5": big[0], "small": small[2]}, {"LeNet-5": big, "small": small[2:]},
+                                      reference="LeNet-5")
+    assert "averages" not in apart  # one seed of the small network: no spread to quote
+
+
+def test_comparison_table_hides_constant_columns():
+    runs = {"cross-entropy": _record([0.9], 0.97, train_loss=0.2303),
+            "L2": _record([0.3], 0.30, loss="mse", train_loss=0.0855)}
+    table = studies.comparison_table(runs, label="loss", losses=True)
+    assert list(table.columns) == ["loss", "params", "train loss", "test loss", "train acc (%)", "test acc (%)",
+                                   "time (s, cpu)"]
+    assert table.loc[1, "train loss"] == "0.0855"
+
+
+@pytest.mark.parametrize("x", ["epoch", "examples_seen"])
+def test_loss_per_run_gives_each_loss_its_own_panel_and_prints_legibly(x):
+    runs = {"cross-entropy": _record([0.9, 0.95, 0.97, 0.98], 0.97, train_loss=0.2303),
+            "L2 (softmax vs one-hot)": _record([0.1, 0.2, 0.25, 0.3], 0.30, loss="mse", train_loss=0.0855)}
+    plt.rcParams.update(plots.STYLE)
+    fig = studies.plot_comparison(runs, "Cross-entropy against L2", x=x, loss_per_run=True, epoch_ends_only=x == "epoch")
+    try:
+        titles = [ax.get_title() for ax in fig.axes]
+        assert titles == ["Cross-entropy loss", "L2 loss", "Accuracy"]
+        assert len(fig.axes[0].get_lines()) == 3 and fig.axes[0].get_lines()[-1].get_ydata()[0] == pytest.approx(2.3026, abs=1e-4)
+        assert "loss of a uniform guess" in [t.get_text() for t in fig.legends[0].get_texts()]
+        assert plots.print_problems(fig) == []
+    finally:
+        plt.close(fig)

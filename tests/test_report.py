@@ -383,6 +383,41 @@ def test_real_quick_report(tmp_path):
         assert f"{number} {title}" in text, f"section heading of {path.name} missing from the PDF"
     assert "Provenance" in text
     assert pdf_figures(out / "report.pdf") >= 1
+    body = text[:text.rindex("Provenance")]  # the appendix may name commands, commits and runs
+    leaks = sorted({m.group(0) for pattern in NEVER_IN_BODY for m in re.finditer(pattern, body)})
+    assert not leaks, f"the report's body speaks of things its reader cannot see: {leaks}"
+    assert "Figure ?" not in body and "Table ?" not in body
+    assert_floats_are_numbered_captioned_and_legible(nbformat.read(out / "build" / "report.ipynb", as_version=4))
+
+
+# What the body of the report never says: code, files, tooling, parameters, development history.
+NEVER_IN_BODY = [r"cifarlib", r"[Nn]otebook", r"papermill", r"nbconvert", r"runs/", r"tests?/", r"test_\w+",
+                 r"\w*Error:", r"Traceback", r"\b(the|this) cell\b", r"\bcell (below|above)", r"\bTrue\b", r"\bFalse\b",
+                 r"\bprofile\b", r"run record", r"\b\w+_\w+ ?=", r"ablation_epochs", r"eval_every_steps",
+                 r"weights_path", r"data_root", r"runs_dir", r"model_kw", r"norm_lr_scale", r"improved_[ab]",
+                 r"mnist_(lenet|small|main)", r"garbled", r"OCR", r"reports? 00\d", r"development", r"between builds",
+                 r"->", r"\+-", r"\bpart [2-5]\b", r"WARNING", r"DISAGREE"]
+
+
+def assert_floats_are_numbered_captioned_and_legible(nb) -> None:
+    """Every figure carries its own caption and label and no print problem; every table a caption;
+    no two captions alike; no section label twice."""
+    figures, captions = [], []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            meta = output.get("metadata", {}).get("cifarlib")
+            if any(t in output.get("data", {}) for t in report.IMAGE_TYPES):
+                figures.append(meta)
+                assert meta and meta.get("caption") and meta.get("label"), f"a figure without its caption: {meta}"
+                assert meta["print_problems"] == [], f"{meta['label']}: {meta['print_problems']}"
+            if meta:
+                captions.append(meta["caption"])
+    assert figures, "no figures in the report"
+    repeated = sorted({c for c in captions if captions.count(c) > 1})
+    assert not repeated, f"captions used twice: {repeated}"
+    headings = [h for c in nb.cells if c.cell_type == "markdown" for h in re.findall(r"^##? +(.+)$", c.source, re.M)]
+    twice = sorted({h for h in headings if headings.count(h) > 1})
+    assert not twice, f"section headings used twice: {twice}"
 
 
 def longtable(header: list[str], rows: list[list[str]], pandoc3: bool = False, caption: str = "") -> str:

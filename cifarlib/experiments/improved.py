@@ -121,9 +121,9 @@ def overrides(profile: str, epochs: int | None = None, device: str | None = None
 INITIALISATION = {
     "improved_a": "conv and dense weights Kaiming (He) normal, biases 0; BN scale 1, shift 0",
     "improved_b": "2x2 whitening filters from the patch covariance of the first training batch (then frozen, "
-                  "bias trained, computed in fp32); other convs PyTorch's default uniform +-1/sqrt(fan_in) with "
-                  "their first in_channels filters set to identities (Dirac); dense layer PyTorch's default; "
-                  "BN scale fixed at 1, shift 0 (trained)",
+                  "bias trained, computed in 32-bit floats); other convolutions uniform in ±1/√(fan-in) (PyTorch's "
+                  "default), with as many filters as input channels set to identity maps; dense layer PyTorch's "
+                  "default; batch-norm scale fixed at 1, shift 0 (trained)",
 }
 TABLE_KEYS = ["model", "model_kw", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
               "norm_lr_scale", "scheduler", "warmup_epochs", "lookahead", "label_smoothing", "loss", "crop_pad",
@@ -172,3 +172,83 @@ def replication_settings(records) -> dict:
             "seeds": ", ".join(str(r.config.seed) for r in records),
             "steps per epoch": round(m["steps"] / m["epochs_run"]) if m.get("epochs_run") else "-",
             "trained on": f"{m['device']} ({m['precision']}), {records[0].env.get('threads', '?')} threads"}
+
+
+# ---- Task 2's models, as the other sections see them ----------------------------------------------
+
+MODELS = {"Model A": "improved_a", "Model B": "improved_b"}
+
+
+def mean_metric(records: list, key: str) -> float:
+    return sum(r.metrics[key] for r in records) / len(records)
+
+
+def best_model(records: dict) -> str:
+    """The label of Task 2's best model: the highest mean validation accuracy over its seeds
+    (validation chooses; test accuracy is only reported)."""
+    return max(records, key=lambda label: mean_metric(records[label], "final_val_acc"))
+
+
+def task2_records(profile: str = "full", seed: int = 0, seeds: int = 3, epochs: int | None = None,
+                  device: str | None = None, data_root=None, runs_dir=None, train: bool = True) -> dict:
+    """``{label: [run record per seed]}`` of both models as Task 2 trains them (the quick profile
+    runs one seed). With ``train=False`` nothing is trained: a model without all its finished runs
+    is left out."""
+    from cifarlib import ablation, experiments, runs
+
+    n = 1 if profile == "quick" else seeds
+    knobs = overrides(profile, epochs, device)
+    if train:
+        return {label: ablation.train_seeds(name, profile=profile, seeds=n, seed=seed, data_root=data_root,
+                                            runs_dir=runs_dir, **knobs) for label, name in MODELS.items()}
+    found = {label: [runs.find_finished(experiments.config(name, profile, **{**knobs, "seed": seed + k}),
+                                        data_root=data_root, runs_dir=runs_dir) for k in range(n)]
+             for label, name in MODELS.items()}
+    return {label: recs for label, recs in found.items() if all(recs)}
+
+
+# ---- Task 2(e): names and mechanisms of the ablation's changes ------------------------------------
+
+ABLATION_LABELS = {
+    "adam": "Adam", "momentum": "momentum", "batchnorm": "batch normalization", "augment": "crops and flips",
+    "wider": "twice the filters", "deeper": "two convolutions per stage", "kernel3": "3×3 kernels",
+    "strided": "strided convolutions", "dropout": "dropout", "weight_decay": "weight decay",
+    "xavier": "Xavier initialization", "kaiming": "Kaiming initialization", "label_smoothing": "label smoothing",
+    "onecycle": "one-cycle schedule",
+}
+# How each change acts: explanations that hold whatever a build measures (the measurements are
+# described by sentences built from the table, see ablation.discussion).
+ABLATION_WHY = {
+    "adam": "Adam scales each weight's step by a running estimate of its gradient's size, which evens out "
+            "the steps of plain SGD.",
+    "momentum": "Momentum averages successive gradients, so the steps follow the direction they agree on "
+                "and the batch-to-batch noise partly cancels.",
+    "batchnorm": "Batch normalization keeps every layer's inputs on the scale that the one learning rate suits.",
+    "augment": "Random crops and flips fight overfitting, which has barely begun after a few epochs, and make "
+               "the training images harder to fit.",
+    "wider": "Twice the filters add capacity, at about three times the computation.",
+    "deeper": "A second convolution per stage without batch normalization gives a deeper plain network, "
+              "which trains more slowly at this learning rate.",
+    "kernel3": "3×3 kernels see a smaller window with fewer weights per filter.",
+    "strided": "A stride-2 convolution keeps one position in four without choosing the strongest, as max "
+               "pooling does.",
+    "dropout": "Dropout regularizes the classifier; with little overfitting in a short run it has little "
+               "to correct.",
+    "weight_decay": "Weight decay pulls the weights towards zero, an effect that grows with the length of training.",
+    "xavier": "The initialization sets the scale of the signal in the first steps; Xavier's suits "
+              "symmetric activations.",
+    "kaiming": "The initialization sets the scale of the signal in the first steps; Kaiming's is made for ReLU.",
+    "label_smoothing": "Label smoothing keeps the network from pushing its scores to extremes.",
+    "onecycle": "A one-cycle schedule that peaks at the reference's own learning rate spends most of the run "
+                "at a smaller step.",
+}
+
+
+def passes_sentence(test_acc: dict, threshold: float) -> str:
+    """Which of the models (label -> mean test accuracy, %) reach ``threshold`` %, as one sentence."""
+    above = [label for label, acc in test_acc.items() if acc >= threshold]
+    if len(above) == len(test_acc):
+        return f"both are above the assignment's {threshold:g} %."
+    if not above:
+        return f"neither reaches the assignment's {threshold:g} %."
+    return f"only {above[0]} reaches the assignment's {threshold:g} %."

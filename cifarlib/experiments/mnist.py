@@ -54,3 +54,16 @@ def notebook_overrides(profile: str = "full", epochs: int | None = None, **knobs
     if profile == "full" and epochs is not None:
         knobs["epochs"] = epochs
     return {k: v for k, v in knobs.items() if v is not None}
+
+# What the report calls each network.
+NETWORK_NAMES = {"mnist_lenet": "LeNet-5-style", "mnist_small": "small (two narrow convolutions)"}
+
+
+def reader_config(record) -> dict:
+    """A run's configuration as the report's settings table shows it: the network by name, and the
+    device and precision the run actually used (the config may say "auto")."""
+    cfg = record.config.to_dict()
+    cfg["model"] = NETWORK_NAMES.get(cfg["model"], cfg["model"])
+    for key in ("device", "precision"):
+        cfg[key] = record.metrics.get(key, cfg[key])
+    return cfg

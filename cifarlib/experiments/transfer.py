@@ -74,3 +74,30 @@ def weights_banner(model) -> str:
         return "Weights: ImageNet-pretrained ResNet18; layer4 and the new fc were fine-tuned on CIFAR-10."
     return ("!!! NOT PRETRAINED: this run started from random weights (quick profile or pretrained=False). "
             "Its curves and figures show an untrained feature extractor, not ImageNet features. !!!")
+
+
+def comparison_sentences(record, other, other_label: str, pretrained: bool) -> str:
+    """Task 3(d)'s discussion from the two runs' histories: validation loss after the first epoch and
+    at the end, the gap between training and validation loss, and the final test accuracy."""
+    import pandas as pd
+
+    def losses(rec):
+        h = pd.DataFrame(rec.history)
+        h = h[h["epoch"] == h["epoch"].round()]
+        return h["val_loss"].iloc[0], rec.metrics["final_val_loss"], rec.metrics["final_train_loss"]
+
+    (first, last, train), (o_first, o_last, o_train) = losses(record), losses(other)
+    acc, o_acc = 100 * record.metrics["final_test_acc"], 100 * other.metrics["final_test_acc"]
+    text = (f"After its first epoch the transfer model's validation loss is {first:.3f}, against {o_first:.3f} for "
+            f"{other_label}; at the end it is {last:.3f} against {o_last:.3f}. The transfer model's training loss ends "
+            f"{abs(last - train):.3f} {'below' if train < last else 'above'} its validation loss, {other_label}'s "
+            f"{abs(o_last - o_train):.3f} {'below' if o_train < o_last else 'above'}. On the test set the transfer model "
+            f"reaches {acc:.1f} % and {other_label} {o_acc:.1f} %.")
+    if not pretrained:
+        return text + " Without ImageNet weights this run says nothing about transfer learning."
+    faster = first < o_first
+    return text + (" Starting from features that already separate natural images, the transfer model is ahead from "
+                   "the first epoch." if faster else " The pretrained features do not give the transfer model a head "
+                   "start here.") + (f" It is a far larger network ({record.metrics.get('params', 0):,} parameters "
+                   f"against {other.metrics.get('params', 0):,}), and the gap between its training and validation loss "
+                   "shows how much of what it fits carries over to unseen images.")
