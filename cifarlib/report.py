@@ -524,6 +524,33 @@ def number_floats(cells: list) -> list[str]:
     return unresolved
 
 
+def summary_cells(cells: list) -> list:
+    """Take the headline results (``tables.headline``) out of the parts and return the summary
+    section that lists them, each with the section it comes from (empty when there are none)."""
+    import nbformat
+
+    part, rows = "", []
+    for cell in cells:
+        if cell.cell_type == "markdown":
+            found = re.match(r"# (\d+) ", cell.source)
+            part = found[1] if found else part
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            line = (output.get("metadata", {}).get("cifarlib") or {}).get("headline")
+            if line:
+                rows.append([line["item"], line["result"], line["value"], f"Section {part}"])
+            else:
+                kept.append(output)
+        cell.outputs = kept
+    if not rows:
+        return []
+    text = ("# Summary of results\n\nThe headline numbers of this document; each section gives the method, "
+            "the figures and tables behind them, and the discussion.\n\n"
+            + md_table(["question", "result", "value", "where"], rows))
+    return page_break() + [nbformat.v4.new_markdown_cell(text)]
+
+
 def _is_table(output) -> bool:
     return "text/markdown" in output.get("data", {}) and "caption" in (output.get("metadata", {}).get("cifarlib") or {})
 
@@ -628,13 +655,14 @@ def assemble(parts: list[Part], info: dict, runs: list, source: str):
     for number, part in enumerate(parts, 1):
         body += page_break() + part_cells(part, number)
     body += provenance_cells(parts, runs, source, len(parts) + 1, info)
+    summary = summary_cells(body)
     unresolved = number_floats(body)
     if unresolved and not any(p.error for p in parts):
         raise CifarlibError(f"the report cites {', '.join(sorted(set(unresolved)))} but no figure or table has "
                             f"that label; fix the citation or the label")
     nb = nbformat.v4.new_notebook(metadata={"title": info["title"], "date": info["date"], "cifarlib": info})
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
-    nb.cells = title_cells(info, parts) + [toc_cell(body)] + body
+    nb.cells = title_cells(info, parts) + [toc_cell(body)] + summary + body
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:04d}"  # merged cells would otherwise share ids
     return nb
@@ -726,7 +754,8 @@ def _column_widths(lines: list[str]) -> list[tuple[int, int, int]]:
             wraps = i < head_end or len(text) > WRAP_CHARS
             columns += [[] for _ in range(k + 1 - len(columns))]
             short = len(text) <= SHORT_CHARS  # a name like "Model A" or "LeNet-5" never breaks
-            columns[k].append((len(text), word if wraps and not short else len(text), len(text) if short else word))
+            least = len(text) + 2 if short else word  # capitals are wider than the average character
+            columns[k].append((len(text), word if wraps and not short else least, least))
     return [tuple(max(c[j] for c in col) for j in range(3)) for col in columns]
 
 

@@ -15,6 +15,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
 
+NUMBER = re.compile(r"[-+−]?[\d,]*\.?\d+(e[-+]?\d+)?( ?± ?[\d.]+)?( %)?|–")
 MINUS = re.compile(r"(?<![\w.])-(?=\.?\d)")  # a hyphen used as a minus sign before a number
 
 
@@ -31,8 +32,27 @@ def typeset(text: str) -> str:
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False, intfmt: str = ",") -> str:
     """GitHub-style Markdown (needs ``tabulate``); integers with thousands separators by default,
     yes/no for booleans and a true minus sign for negative numbers."""
-    df = df.apply(lambda col: col.map(_yes_no) if col.dtype == bool or col.dtype == object else col)
-    return typeset(df.to_markdown(index=index, floatfmt=floatfmt, intfmt=intfmt))
+    df = df.reset_index() if index else df
+    cells, align = {}, []
+    for name, col in df.items():
+        if pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
+            cells[name] = ["–" if v is None or (isinstance(v, float) and pd.isna(v)) else _yes_no(v) for v in col]
+            align.append("right" if all(NUMBER.fullmatch(str(v)) for v in cells[name]) else "left")
+        else:  # numbers: formatted here, so that a text cell such as "11.00" keeps its decimals
+            fmt = intfmt if pd.api.types.is_integer_dtype(col) else floatfmt
+            cells[name] = ["–" if pd.isna(v) else format(v, fmt) for v in col]
+            align.append("right")
+    frame = pd.DataFrame(cells, columns=list(df.columns))
+    return typeset(frame.to_markdown(index=False, disable_numparse=True, colalign=align))
+
+
+def headline(item: str, result: str, value: str) -> None:
+    """Show one headline result (``item``: the question's label, e.g. "Task 1(b)"); the report moves
+    every headline into its summary table at the front, with the section it comes from."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"**{item}, {result}:** {value}"),
+            metadata={"cifarlib": {"headline": {"item": item, "result": result, "value": value}}})
 
 
 def _yes_no(v):

@@ -566,8 +566,8 @@ def batchnorm_check(shape: Sequence[int] = (8, 4, 5, 5), seed: int = 0) -> pd.Da
     dims = [0] + list(range(2, x.dim()))
     rows = [("1. batch mean", (hand["mean"] - x.mean(dims)).abs().max()),
             ("2. batch variance (biased)", (hand["variance"] - x.var(dims, unbiased=False)).abs().max()),
-            ("3. normalized x: mean 0", hand["x_hat"].mean(dims).abs().max()),
-            ("4. y = gamma x_hat + beta vs torch", (hand["y"] - ref).abs().max())]
+            ("3. normalized x̂: its mean (should be 0)", hand["x_hat"].mean(dims).abs().max()),
+            ("4. y = γ·x̂ + β, against PyTorch", (hand["y"] - ref).abs().max())]
     return pd.DataFrame([(s, float(d)) for s, d in rows], columns=["step", "largest difference"])
 
 
@@ -588,7 +588,7 @@ def backprop_check(batch: int = 16, sizes: tuple[int, int, int] = (5, 7, 3), lr:
     rows = [(k, float((grads[k] - leaves[k].grad).abs().max()), float((new[k] - leaves[k].detach()).abs().max()))
             for k in shapes]
     return pd.DataFrame(rows, columns=["parameter", "gradient: largest difference to autograd",
-                                       "after one step: largest difference to torch SGD"])
+                                       "after one step: largest difference to PyTorch SGD"])
 
 
 # --------------------------------------------------------------------------------------------

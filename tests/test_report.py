@@ -475,3 +475,17 @@ def test_tables_pandoc_wraps_stay_as_they_are():
 def test_tables_with_rows_over_several_lines_stay_as_they_are():
     split = longtable(["setting", "value"], [["command", "python -m cifarlib report"]]).replace(" & ", " &\n")
     assert report.fit_tables(split) == split
+
+
+def test_headlines_move_into_a_summary_that_names_their_section():
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    line = nbformat.v4.new_output("display_data", data={"text/markdown": "**Task 1(b), test accuracy:** 61.0 %"},
+                                  metadata={"cifarlib": {"headline": {"item": "Task 1(b)", "result": "test accuracy",
+                                                                      "value": "61.0 %"}}})
+    other = _figure("loss", "Loss per epoch")
+    cells = [md("# 1 Theory"), md("# 2 Task 1: baseline"), code("", outputs=[line, other])]
+    summary = report.summary_cells(cells)
+    text = summary[-1].source
+    assert text.startswith("# Summary of results") and "| Task 1(b) | test accuracy | 61.0 % | Section 2 |" in text
+    assert cells[2].outputs == [other]  # taken out of the body
+    assert report.summary_cells([md("# 1 Theory")]) == []

@@ -1,0 +1,31 @@
+"""Tables for a reader: numbers formatted once, text cells kept as written, settings named in words,
+and typography (minus, times, arrows) as print has it."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from cifarlib import tables
+
+
+def test_a_text_cell_that_looks_like_a_number_keeps_its_decimals():
+    df = pd.DataFrame({"model": ["Model A", "Model B"], "test acc (%)": ["11.00", "85.65 ± 0.19"],
+                       "loss": [1.23456, float("nan")], "images": [45000, 8], "ok": [True, False]})
+    lines = tables.to_markdown(df).splitlines()
+    assert [c.strip() for c in lines[2].split("|")[1:-1]] == ["Model A", "11.00", "1.235", "45,000", "yes"]
+    assert [c.strip() for c in lines[3].split("|")[1:-1]] == ["Model B", "85.65 ± 0.19", "–", "8", "no"]
+    assert [c.strip()[0] + c.strip()[-1] for c in lines[1].split("|")[1:-1]] == [":-", "-:", "-:", "-:", ":-"]
+
+
+def test_typeset_uses_true_minus_times_arrow_and_plus_minus():
+    assert tables.typeset("-0.72, 3x3, 3 x 32 x 32, C x H x W, 32 -> 30, +-0.2, (F - 1)") == \
+        "−0.72, 3×3, 3×32×32, C×H×W, 32 → 30, ±0.2, (F − 1)"
+    assert tables.typeset("1e-3, 2-pixel, a x b") == "1e-3, 2-pixel, a x b"
+
+
+def test_settings_are_named_in_words_not_config_keys():
+    table = tables.config_table({"norm_lr_scale": 64.0, "nesterov": True, "optimizer": "sgd", "model": "improved_a",
+                                 "model_kw": {"widths": [64, 128]}, "grad_clip": None})
+    assert table["setting"].tolist() == ["learning-rate factor of batch-norm parameters", "Nesterov momentum",
+                                         "optimizer", "network", "network options", "gradient clipping"]
+    assert table["value"].tolist() == ["64", "yes", "SGD", "Model A", "filters per stage 64, 128", "none"]
