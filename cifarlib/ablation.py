@@ -134,33 +134,6 @@ def verdict(delta: float, noise: float) -> str:
     return "within noise" if abs(delta) <= noise else ("helped" if delta > 0 else "hurt")
 
 
-def ranked_summary(table: pd.DataFrame, noise: float) -> str:
-    """The ranking as plain lines: change, Δ val, Δ test, and whether |Δ val| exceeds ``noise`` pts."""
-    lines = []
-    for i, r in table.iterrows():
-        lines.append(f"{i + 1:2d}. {r['change']:<16} Δ val {r['Δ val (pts)']:+6.2f}  Δ test {r['Δ test (pts)']:+6.2f}"
-                     f"  ({verdict(r['Δ val (pts)'], noise)})")
-    return "\n".join(lines)
-
-
-def check_claims(table: pd.DataFrame, noise: float, claims: Mapping[str, str]) -> pd.DataFrame:
-    """Hold a written discussion to the measurements: ``claims`` maps a change to the verdict the text
-    gives it ("helped", "hurt" or "within noise"); one row per claim with the measured verdict and
-    whether the two agree. A change missing from the table is a one-line error."""
-    bad = {k: v for k, v in claims.items() if v not in VERDICTS}
-    if bad:
-        raise CifarlibError(f"claims must be one of {VERDICTS}; got {bad}")
-    deltas = dict(zip(table["change"], table["Δ val (pts)"]))
-    missing = sorted(set(claims) - set(deltas))
-    if missing:
-        raise CifarlibError(f"claims name changes the ablation did not run: {missing}; known: {sorted(deltas)}")
-    rows = [{"change": k, "claimed": v, "measured": verdict(deltas[k], noise), "Δ val (pts)": deltas[k]}
-            for k, v in claims.items()]
-    frame = pd.DataFrame(rows)
-    frame["agrees"] = frame["claimed"] == frame["measured"]
-    return frame
-
-
 def plot_deltas(table: pd.DataFrame, noise: float | None = None, title: str | None = None):
     """Horizontal bars: change in validation and test accuracy per change (pts), best at the top;
     a shaded band marks +-``noise`` (e.g. 2 std of the reference over seeds)."""

@@ -173,16 +173,3 @@ def _fmt_value(v) -> str:
     if isinstance(v, str):
         return VALUE_NAMES.get(v, v)
     return "none" if v is None else str(v)
-
-
-def provenance(record) -> str:
-    """One line that traces a run record's numbers: folder, status, epochs, wall time, device, torch,
-    git commit, seed, and whether it was trained now or loaded from the cache."""
-    m, env, cfg = record.metrics, record.env, record.config
-    dirty = {True: " (uncommitted changes)", None: " (changes unknown)"}.get(env.get("git_dirty"), "")
-    commit = (env.get("git_commit") or "unknown")[:10] + dirty
-    wall = m.get("wall_s", env.get("wall_s"))
-    wall_text = f"{wall:.0f} s" if isinstance(wall, (int, float)) else "unknown time"
-    return (f"run {record.dir.name}: {record.status}, {m.get('epochs_run', '?')} epochs in {wall_text} on "
-            f"{env.get('device_name') or env.get('device', '?')}; torch {env.get('torch', '?')}, commit {commit}, "
-            f"seed {cfg.seed}; {'loaded from the run cache' if record.cached else 'trained now'}")

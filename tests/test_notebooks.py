@@ -4,8 +4,9 @@ quick profile.
 nbval runs a notebook's saved defaults (profile "full"), so each test first makes a quick copy with
 papermill's prepare-only mode (the same injection ``python -m cifarlib report`` does), then runs
 ``pytest --nbval-lax --nbval-current-env`` on the copy in a subprocess. Data roots come from the
-environment (CIFARLIB_DATA, CIFARLIB_MNIST_DATA); figures go to a temporary folder; run records go
-to the usual runs folder (CIFARLIB_RUNS or runs/) so that later builds reuse them.
+environment (CIFARLIB_DATA, CIFARLIB_MNIST_DATA) or, without them, are small data sets of the same
+layouts made by the ``quick_data`` fixture, so every notebook runs on any machine; figures and run
+records go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -73,32 +74,20 @@ def parameter_names(path: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(path)))
 
 
-def quick_parameters(path: Path) -> dict:
-    """profile=quick, plus the data roots from the environment, for the parameters the notebook has."""
-    wanted = {"profile": "quick", "data_root": os.environ.get(paths.ENV_DATA),
-              "mnist_root": os.environ.get(paths.ENV_MNIST)}
+def quick_parameters(path: Path, roots: dict) -> dict:
+    """profile=quick, plus the data roots (``quick_data``), for the parameters the notebook has."""
+    wanted = {"profile": "quick", "data_root": roots.get(paths.ENV_DATA), "mnist_root": roots.get(paths.ENV_MNIST)}
     names = parameter_names(path)
     return {k: v for k, v in wanted.items() if v is not None and k in names}
 
 
-DATA_PARAMETERS = {"data_root": paths.ENV_DATA, "mnist_root": paths.ENV_MNIST}
-
-
-def skip_without_data(path: Path) -> None:
-    """Skip (naming the variable to set) a notebook whose data root parameter has no data to point at:
-    the test machine may not have CIFAR-10/MNIST, and they cannot always be downloaded."""
-    unset = [env for name, env in DATA_PARAMETERS.items() if name in parameter_names(path) and not os.environ.get(env)]
-    if unset:
-        pytest.skip(f"{path.name} needs real data: set {' and '.join(unset)} (see README, Data)")
-
-
-def quick_copy(path: Path, folder: Path) -> Path:
+def quick_copy(path: Path, folder: Path, roots: dict) -> Path:
     import papermill
 
     if len(tagged(read(path), "parameters")) != 1:
         pytest.fail(f"{path.name} has no single cell tagged 'parameters'; nbval cannot run it on the quick profile")
     copy = folder / path.name
-    papermill.execute_notebook(str(path), str(copy), parameters=quick_parameters(path), prepare_only=True,
+    papermill.execute_notebook(str(path), str(copy), parameters=quick_parameters(path, roots), prepare_only=True,
                                kernel_name="python3", progress_bar=False)
     return copy
 
@@ -106,6 +95,7 @@ def quick_copy(path: Path, folder: Path) -> Path:
 def kernel_env(figures: Path) -> dict:
     env = dict(os.environ, CIFARLIB_PROGRESS="0", TQDM_DISABLE="1")
     env[paths.ENV_FIGURES] = str(figures)  # never overwrite the report's figures with quick ones
+    env[paths.ENV_RUNS] = str(figures.parent / "runs")  # quick runs of made-up data stay out of runs/
     return env
 
 
@@ -115,9 +105,8 @@ def tail(text: str, lines: int = 60) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_under_nbval_on_quick_profile(path, tmp_path):
-    skip_without_data(path)
-    copy = quick_copy(path, tmp_path)
+def test_notebook_runs_under_nbval_on_quick_profile(path, tmp_path, quick_data):
+    copy = quick_copy(path, tmp_path, quick_data)
     cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
            "-q", "--rootdir", str(tmp_path), str(copy)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=kernel_env(tmp_path / "figures"), capture_output=True,

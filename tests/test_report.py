@@ -364,12 +364,13 @@ REAL = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL, reason="no notebooks in notebooks/ yet")
-@pytest.mark.skipif(not (os.environ.get(paths.ENV_DATA) and os.environ.get(paths.ENV_MNIST)),
-                    reason=f"the real report needs real data: set {paths.ENV_DATA} and {paths.ENV_MNIST}")
-def test_real_quick_report(tmp_path):
-    """The real notebooks on the quick profile: PDF with every part's heading and figures, and HTML."""
+def test_real_quick_report(tmp_path, quick_data):
+    """The real notebooks on the quick profile (real data where the variables point at it, else small
+    data sets of the same layouts): PDF with every part's heading and figures, and HTML; a body
+    written for its reader, numbered and captioned floats, legible figures."""
     out = tmp_path / "report"
-    env = dict(os.environ, **{paths.ENV_FIGURES: str(tmp_path / "figures")})
+    env = dict(os.environ, **quick_data, **{paths.ENV_FIGURES: str(tmp_path / "figures"),
+                                            paths.ENV_RUNS: str(tmp_path / "runs")})
     cmd = [sys.executable, "-m", "cifarlib", "report", "--profile", "quick", "--out", str(out)]
     proc = subprocess.run(cmd + ([] if HAVE_TEX else ["--no-pdf"]), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1800)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from cifarlib.experiments import config, register
 
 NAME = "transfer_resnet18"
-PART3_BEST = "improved_b"  # the experiment name of part 3's best model, compared with in 3(d)
 
 FULL = dict(
     model="resnet18_transfer",
@@ -58,22 +57,6 @@ def load_trained(record, device="cpu"):
     weights, and its ``imagenet_weights`` flag says whether the run started from them), so that
     re-reading a finished run needs neither the internet nor the weights file."""
     return record.load_model(device=device)
-
-
-def part3_run(runs_dir=None):
-    """The newest finished run of part 3's best model, or None when notebook 03 has not been run."""
-    from cifarlib.runs import find_runs
-
-    found = find_runs(name=PART3_BEST, runs_dir=runs_dir)
-    return found[0] if found else None
-
-
-def weights_banner(model) -> str:
-    """One line for the notebook to print: where the model's starting weights came from."""
-    if model.pretrained:
-        return "Weights: ImageNet-pretrained ResNet18; layer4 and the new fc were fine-tuned on CIFAR-10."
-    return ("!!! NOT PRETRAINED: this run started from random weights (quick profile or pretrained=False). "
-            "Its curves and figures show an untrained feature extractor, not ImageNet features. !!!")
 
 
 def comparison_sentences(record, other, other_label: str, pretrained: bool) -> str:
