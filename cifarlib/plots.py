@@ -27,7 +27,15 @@ MIN_PRINT_PT = 7.0
 
 SPLIT_STYLE = {"train": ("tab:blue", "-"), "val": ("tab:orange", "--"), "test": ("tab:green", ":")}
 SPLIT_LABEL = {"train": "train", "val": "validation", "test": "test"}
-X_LABEL = {"epoch": "epoch", "examples_seen": "training examples seen", "step": "optimizer step"}
+X_LABEL = {"epoch": "epoch", "examples_seen": "examples seen (thousands)", "step": "optimizer step"}
+
+
+def _x_axis(ax, x: str) -> None:
+    ax.set_xlabel(X_LABEL.get(x, x))
+    if x == "examples_seen":
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:,.0f}"))
 Y_LABEL = {"loss": "loss (mean per image)", "acc": "accuracy (%)"}
 
 
@@ -100,7 +108,24 @@ def print_problems(fig) -> list[str]:
     if small:
         problems.append(f"{len(small)} text(s) print below {MIN_PRINT_PT:g} pt, e.g. {small[0][1]!r} at {small[0][0]} pt")
     problems += [f"the legend of {ax.get_title()!r} hides data" for ax in fig.axes if _legend_hides_data(ax)]
+    problems += [f"{a!r} overlaps {b!r}" for a, b in _overlapping_labels(fig)]
     return problems
+
+
+def _overlapping_labels(fig) -> list[tuple[str, str]]:
+    """Pairs of axis labels, titles and tick labels of different axes whose boxes overlap."""
+    renderer = fig.canvas.get_renderer()
+    texts = []
+    for k, ax in enumerate(fig.axes):
+        parts = [ax.title]
+        if ax.axison:  # drawn tick labels only: those of ticks inside the view limits
+            (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+            parts += [ax.xaxis.label, ax.yaxis.label]
+            parts += [t for t in ax.get_xticklabels() if x0 <= t.get_position()[0] <= x1]
+            parts += [t for t in ax.get_yticklabels() if y0 <= t.get_position()[1] <= y1]
+        texts += [(k, t.get_text(), t.get_window_extent(renderer)) for t in parts if t.get_visible() and t.get_text()]
+    return [(ta, tb) for i, (ka, ta, a) in enumerate(texts) for kb, tb, b in texts[i + 1:]
+            if ka != kb and a.overlaps(b)]
 
 
 def _legend_hides_data(ax) -> bool:
@@ -154,7 +179,7 @@ def plot_curves(history, metric: str = "loss", x: str = "epoch", splits: Sequenc
         color, ls = (color, ls) if style is None else (style.get("color", color), style.get("ls", ls))
         ax.plot(frame[x], _y(frame, col, metric), color=color, ls=ls, marker="o", ms=3,
                 label=f"{label_prefix}{SPLIT_LABEL[split]}")
-    ax.set_xlabel(X_LABEL.get(x, x))
+    _x_axis(ax, x)
     ax.set_ylabel(Y_LABEL.get(metric, metric))
     ax.set_title(title or f"{Y_LABEL.get(metric, metric).split(' (')[0].capitalize()} during training")
     ax.legend()
@@ -183,7 +208,7 @@ def plot_runs(histories: Mapping[str, object], metric: str = "loss", splits: Seq
             if col in frame and not frame[col].isna().all():
                 ax.plot(frame[x], _y(frame, col, metric), color=colors[i % len(colors)], ls=SPLIT_STYLE[split][1],
                         marker="o", ms=3, label=f"{label} ({SPLIT_LABEL[split]})")
-    ax.set_xlabel(X_LABEL.get(x, x))
+    _x_axis(ax, x)
     ax.set_ylabel(Y_LABEL.get(metric, metric))
     ax.set_title(title or f"{metric} by run")
     ax.legend()

@@ -172,4 +172,6 @@ def _fmt_value(v) -> str:
         return "; ".join(f"{setting_name(k)} {_fmt_value(x)}" for k, x in v.items()) or "none"
     if isinstance(v, str):
         return VALUE_NAMES.get(v, v)
+    if isinstance(v, int):
+        return f"{v:,}"
     return "none" if v is None else str(v)

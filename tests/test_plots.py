@@ -124,3 +124,14 @@ def test_every_report_figure_is_legible_at_print_size():
             bad[name] = problems
         plt.close(fig)
     assert not bad, bad
+
+
+def test_axis_labels_of_neighbouring_panels_that_run_into_each_other_are_found():
+    fig, axes = plt.subplots(1, 3, figsize=(5, 2.5))
+    for ax in axes:
+        ax.plot([0, 1], [0, 1])
+        ax.set_xlabel("a very long axis label that cannot fit under a narrow panel")
+    assert any("overlaps" in p for p in plots.print_problems(fig))
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    assert plots.print_problems(fig) == []
