@@ -253,6 +253,40 @@ def describe_failure(err, part: Part) -> str:
     return f"cell {index} ({line!r}) raised {err.ename}: {first_line(err.evalue)}"
 
 
+def preflight(selected: list[Path], plan: dict, profile: str) -> dict[Path, list[str]]:
+    """What each selected part needs and cannot have, found in seconds before anything runs: its data
+    sets (present, or downloadable) and, for a part trained from ImageNet weights, the weights. Prints
+    where each input will come from; returns the problems per part (one-line messages with remedies)."""
+    from cifarlib import data
+
+    seen, problems = {}, {p: [] for p in selected}
+
+    def check(key, what, fn, *args):
+        if key not in seen:
+            try:
+                seen[key] = (fn(*args), None)
+                print(f"{what}: {seen[key][0]}")
+            except CifarlibError as err:
+                seen[key] = (None, str(err))
+        return seen[key][1]
+
+    for p in selected:
+        declared = declared_parameters(p)
+        for name, key in data.ROOT_PARAMETERS.items():
+            if key in declared:
+                problems[p].append(check((name, plan[p].get(key)), "data", data.check_source, name, plan[p].get(key)))
+        if "pretrained" in declared:
+            from cifarlib.experiments import transfer
+            from cifarlib.models.transfer import check_weights
+
+            kw = transfer.notebook_config(profile, pretrained=plan[p].get("pretrained"),
+                                          weights_path=plan[p].get("weights_path")).model_kw
+            if kw.get("pretrained"):
+                problems[p].append(check(("weights", kw.get("weights_path")), "weights", check_weights,
+                                         kw.get("weights_path")))
+    return {p: [m for m in msgs if m] for p, msgs in problems.items()}
+
+
 def run_notebooks(parts: list[Part], build: Path, keep_going: bool) -> None:
     """Run the parts in order, printing each one's wall time; stop at the first failure unless
     ``keep_going``."""
@@ -261,6 +295,8 @@ def run_notebooks(parts: list[Part], build: Path, keep_going: bool) -> None:
     preload()
     with kernel_env({**KERNEL_ENV, ENV_RUN_LOG: str((build / RUN_LOG).resolve())}):
         for part in parts:
+            if part.error:  # the preflight found what it needs missing
+                continue
             print(f"  {part.name:<{width}}  ", end="", flush=True)
             execute(part, build)
             status = "ok" if part.error is None else f"FAILED: {part.error}"
@@ -863,15 +899,24 @@ def cli(argv: list[str]) -> int:
                        if scope in ("all", "report") and name in TITLE_FIELDS}
     overrides = [o for o in overrides if not (o[0] in ("all", "report") and o[1] in TITLE_FIELDS)]
     plan = plan_parameters(selected, notebooks, shared_parameters(args), overrides)
-    from cifarlib import data  # a data set that cannot be had stops the build now, in seconds, not mid-way
-
-    declared = {p: declared_parameters(p) for p in selected}
-    for name, key in data.ROOT_PARAMETERS.items():
-        for root in dict.fromkeys(plan[p].get(key) for p in selected if key in declared[p]):
-            print(f"data: {data.check_source(name, root)}")
+    problems = preflight(selected, plan, args.profile)
+    failing = {p: msgs for p, msgs in problems.items() if msgs}
+    if failing and not args.continue_on_error:
+        lines = [m for msgs in failing.values() for m in msgs]
+        if len(lines) == 1:
+            raise CifarlibError(lines[0])
+        listed = "\n".join(f"  {p.stem}: {m}" for p, msgs in failing.items() for m in msgs)
+        raise CifarlibError(f"{len(lines)} problems stop this build before anything runs; fix them, or pass "
+                            f"--continue-on-error to build the other parts:\n{listed}")
+    if not args.no_pdf and missing_tex():
+        print(f"pdf: no {' or '.join(missing_tex())} on PATH: only the HTML report will be written; "
+              f"install TeX for the PDF: {TEX_INSTALL}")
     prepare_out(out)
     announce(notebooks, selected, nb_dir)
-    parts = [Part(p, plan[p]) for p in selected]
+    parts = [Part(p, plan[p], error="; ".join(problems[p]) or None) for p in selected]
+    for part in parts:
+        if part.error:
+            print(f"  {part.name}: will not be built: {part.error}")
     run_notebooks(parts, out / "build", args.continue_on_error)
     failed = [p for p in parts if p.error]
     if failed and not args.continue_on_error:

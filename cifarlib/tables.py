@@ -39,7 +39,7 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False, in
             cells[name] = ["–" if v is None or (isinstance(v, float) and pd.isna(v)) else _yes_no(v) for v in col]
             align.append("right" if all(NUMBER.fullmatch(str(v)) for v in cells[name]) else "left")
         else:  # numbers: formatted here, so that a text cell such as "11.00" keeps its decimals
-            fmt = intfmt if pd.api.types.is_integer_dtype(col) else floatfmt
+            fmt = intfmt if pd.api.types.is_integer_dtype(col) else _metric_format(str(name)) or floatfmt
             cells[name] = ["–" if pd.isna(v) else format(v, fmt) for v in col]
             align.append("right")
     frame = pd.DataFrame(cells, columns=list(df.columns))
@@ -53,6 +53,11 @@ def headline(item: str, result: str, value: str) -> None:
 
     display(Markdown(f"**{item}, {result}:** {value}"),
             metadata={"cifarlib": {"headline": {"item": item, "result": result, "value": value}}})
+
+
+def _metric_format(column: str) -> str | None:
+    """Accuracies in percent with 2 decimals and losses with 3, whatever table they are in."""
+    return ".2f" if "acc" in column and "%" in column else ".3f" if "loss" in column else None
 
 
 def _yes_no(v):

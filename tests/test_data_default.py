@@ -357,8 +357,11 @@ def test_report_stops_before_any_notebook_when_the_default_data_cannot_be_had(no
     stub_probe(monkeypatch, OFFLINE)
     code = cli_main(["report", "--notebooks", str(notebooks.folder), "--out", str(notebooks.out)])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: CIFAR-10 is not in ") and err.count("\n") == 1
-    assert "connect to the internet once" in err and "DATA=PATH" in err and "$CIFARLIB_DATA" in err
+    assert code == 2 and err.startswith("error: 2 problems stop this build before anything runs")
+    cifar, mnist = err.splitlines()[1:]  # the whole list, one line per missing data set
+    assert cifar.startswith("  02_cifar: CIFAR-10 is not in ") and mnist.startswith("  03_digits: MNIST is not in ")
+    assert "connect to the internet once" in cifar and "DATA=PATH" in cifar and "$CIFARLIB_DATA" in cifar
+    assert "MNIST=PATH" in mnist and "$CIFARLIB_MNIST_DATA" in mnist
     assert notebooks.ran == [] and not notebooks.out.exists()
 
 

@@ -490,3 +490,77 @@ def test_headlines_move_into_a_summary_that_names_their_section():
     assert text.startswith("# Summary of results") and "| Task 1(b) | test accuracy | 61.0 % | Section 2 |" in text
     assert cells[2].outputs == [other]  # taken out of the body
     assert report.summary_cells([md("# 1 Theory")]) == []
+
+
+# ---- the preflight: what every part needs, checked before anything runs --------------------------
+
+def _stand_in(path: Path, parameters: str) -> None:
+    cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), nbformat.v4.new_code_cell(parameters),
+             nbformat.v4.new_code_cell("print(profile)")]
+    cells[1].metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def offline_machine(tmp_path, isolated, monkeypatch):
+    """No data set at its default place, no ImageNet weights cached, no server reachable; notebook
+    runs and the export are recorded, not done."""
+    import torch
+
+    from cifarlib import data
+
+    monkeypatch.setenv(paths.ENV_CACHE, str(tmp_path / "cache"))
+    for env in (paths.ENV_DATA, paths.ENV_MNIST, paths.ENV_WEIGHTS):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    asked = []
+    monkeypatch.setattr(data, "probe", lambda url, timeout=None: asked.append(url) or "offline (stand-in)")
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _stand_in(folder / "01_plain.ipynb", 'profile = "full"\nseed = 0')
+    _stand_in(folder / "02_cifar.ipynb", 'profile = "full"\ndata_root = None')
+    _stand_in(folder / "03_transfer.ipynb", 'profile = "full"\ndata_root = None\npretrained = None\nweights_path = None')
+    ran = []
+    monkeypatch.setattr(report, "run_notebooks", lambda parts, build, keep: ran.append(
+        [p.name for p in parts if not p.error]))
+    monkeypatch.setattr(report, "build_report", lambda parts, *a: ran.append([p.name for p in parts if p.error]))
+    return SimpleNamespace(folder=folder, ran=ran, asked=asked, out=tmp_path / "out")
+
+
+def test_preflight_lists_every_missing_input_with_its_remedy_before_anything_runs(offline_machine, capsys):
+    from cifarlib.cli import main
+
+    m = offline_machine
+    code = main(["report", "--notebooks", str(m.folder), "--out", str(m.out)])
+    err = capsys.readouterr().err
+    assert code == 2 and m.ran == [] and not m.out.exists()
+    assert err.startswith("error: 3 problems stop this build before anything runs")
+    assert "02_cifar: CIFAR-10 is not in" in err and "03_transfer: CIFAR-10 is not in" in err
+    assert "03_transfer: no ImageNet weights for ResNet18" in err and "pretrained=False" in err
+    assert len(m.asked) == 2  # the data server once, the weights server once
+
+
+def test_continue_on_error_skips_the_parts_that_cannot_run_and_builds_the_rest(offline_machine, tmp_path, capsys):
+    from cifarlib.cli import main
+
+    m = offline_machine
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"not checked here, only present")
+    code = main(["report", "--notebooks", str(m.folder), "--out", str(m.out), "--continue-on-error",
+                 "--param", f"03_transfer:weights_path={weights}"])
+    out = capsys.readouterr().out
+    assert code == 1 and m.ran == [["01_plain"], ["02_cifar", "03_transfer"]]
+    assert "02_cifar: will not be built: CIFAR-10 is not in" in out
+    assert f"weights: ImageNet weights from {weights}" in out
+
+
+def test_a_part_without_imagenet_weights_needs_none(offline_machine, capsys):
+    from cifarlib.cli import main
+
+    m = offline_machine
+    main(["report", "--notebooks", str(m.folder), "--out", str(m.out), "--only", "03",
+          "--param", "03_transfer:pretrained=False"])
+    err = capsys.readouterr().err
+    assert err.startswith("error: CIFAR-10 is not in") and "ImageNet" not in err

@@ -29,3 +29,9 @@ def test_settings_are_named_in_words_not_config_keys():
     assert table["setting"].tolist() == ["learning-rate factor of batch-norm parameters", "Nesterov momentum",
                                          "optimizer", "network", "network options", "gradient clipping"]
     assert table["value"].tolist() == ["64", "yes", "SGD", "Model A", "filters per stage 64, 128", "none"]
+
+
+def test_accuracies_and_losses_have_the_same_decimals_in_every_table():
+    df = pd.DataFrame({"model": ["a"], "train loss": [0.48213], "test acc (%)": [71.96], "time (s)": [360.4]})
+    row = [c.strip() for c in tables.to_markdown(df, floatfmt=".4g").splitlines()[2].split("|")[1:-1]]
+    assert row == ["a", "0.482", "71.96", "360.4"]

@@ -164,6 +164,32 @@ def _download_imagenet_state() -> dict:
     return torchvision.models.ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True)
 
 
+def check_weights(weights_path=None) -> str:
+    """Where the ImageNet weights will come from, checked in seconds without loading them: the file
+    given (``weights_path``, else ``$CIFARLIB_RESNET18_WEIGHTS``), else torchvision's cache, else its
+    download server (reachable). Raises the one-line error of :func:`imagenet_state` otherwise."""
+    from cifarlib import data
+
+    path = weights_path or os.environ.get(ENV_WEIGHTS) or None
+    if path is not None:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise CifarlibError(f"ResNet18 weights file {path} does not exist or is empty; set weights_path / "
+                                f"{ENV_WEIGHTS} to a torchvision resnet18 state_dict file ({WEIGHTS_FILE}), or "
+                                "build without ImageNet weights: --param 04_transfer:pretrained=False")
+        return f"ImageNet weights from {path}"
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", WEIGHTS_FILE)
+    if os.path.isfile(cached):
+        return f"ImageNet weights from torchvision's cache ({cached})"
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    why = data.probe(url)
+    if why is None:
+        return f"ImageNet weights: not cached yet, downloaded by torchvision on first use ({url})"
+    raise CifarlibError(f"no ImageNet weights for ResNet18: not in torchvision's cache and its download server "
+                        f"cannot be reached ({why}); connect to the internet once (torchvision caches the file), or "
+                        f"set {ENV_WEIGHTS} / weights_path= to a torchvision resnet18 state_dict file ({WEIGHTS_FILE}), "
+                        "or build without them: --param 04_transfer:pretrained=False")
+
+
 def imagenet_state(weights_path=None) -> tuple[dict, str]:
     """The ImageNet state_dict and where it came from: ``weights_path``, then ``$CIFARLIB_RESNET18_WEIGHTS``,
     then torchvision (cache or download). Neither available -> one-line error naming both remedies."""
