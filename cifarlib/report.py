@@ -902,11 +902,14 @@ def cli(argv: list[str]) -> int:
     problems = preflight(selected, plan, args.profile)
     failing = {p: msgs for p, msgs in problems.items() if msgs}
     if failing and not args.continue_on_error:
-        lines = [m for msgs in failing.values() for m in msgs]
-        if len(lines) == 1:
-            raise CifarlibError(lines[0])
-        listed = "\n".join(f"  {p.stem}: {m}" for p, msgs in failing.items() for m in msgs)
-        raise CifarlibError(f"{len(lines)} problems stop this build before anything runs; fix them, or pass "
+        needed = {}  # each problem once, with the parts it stops
+        for p, msgs in failing.items():
+            for m in msgs:
+                needed.setdefault(m, []).append(p.stem)
+        if len(needed) == 1:
+            raise CifarlibError(next(iter(needed)))
+        listed = "\n".join(f"  {', '.join(names)}: {m}" for m, names in needed.items())
+        raise CifarlibError(f"{len(needed)} problems stop this build before anything runs; fix them, or pass "
                             f"--continue-on-error to build the other parts:\n{listed}")
     if not args.no_pdf and missing_tex():
         print(f"pdf: no {' or '.join(missing_tex())} on PATH: only the HTML report will be written; "

@@ -536,9 +536,9 @@ def test_preflight_lists_every_missing_input_with_its_remedy_before_anything_run
     code = main(["report", "--notebooks", str(m.folder), "--out", str(m.out)])
     err = capsys.readouterr().err
     assert code == 2 and m.ran == [] and not m.out.exists()
-    assert err.startswith("error: 3 problems stop this build before anything runs")
-    assert "02_cifar: CIFAR-10 is not in" in err and "03_transfer: CIFAR-10 is not in" in err
-    assert "03_transfer: no ImageNet weights for ResNet18" in err and "pretrained=False" in err
+    assert err.startswith("error: 2 problems stop this build before anything runs")
+    assert "\n  02_cifar, 03_transfer: CIFAR-10 is not in" in err  # one line per problem, naming the parts
+    assert "\n  03_transfer: no ImageNet weights for ResNet18" in err and "pretrained=False" in err
     assert len(m.asked) == 2  # the data server once, the weights server once
 
 
