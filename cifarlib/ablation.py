@@ -188,7 +188,7 @@ def discussion(table: pd.DataFrame, ref: dict, noise: float, labels: Mapping[str
     else:
         band = " ".join(s for s in (
             f"Outside the band, {_join([f'{name(c)} ({pts(deltas[c])} points)' for c in helped])} helped." if helped else "",
-            f"{_join([f'{name(c)} ({pts(deltas[c])} points)' for c in hurt]).capitalize()} hurt." if hurt else "",
+            f"{_upper(_join([f'{name(c)} ({pts(deltas[c])} points)' for c in hurt]))} hurt." if hurt else "",
             _rest(len(deltas) - len(helped) - len(hurt))) if s)
     ranked = list(table["change"])
     gains = [c for c in ranked[:top] if deltas[c] > 0]
@@ -200,10 +200,19 @@ def discussion(table: pd.DataFrame, ref: dict, noise: float, labels: Mapping[str
         order.append(f"{', and' if gains else ''} the largest losses from {_join([f'{name(c)} ({pts(deltas[c])})' for c in losses])}")
     ranking = (f"Ranked by their change in validation accuracy (points), {''.join(order).lstrip(', ')}."
                if order else "")
-    if ranking and not helped and not hurt:
+    if ranking and ref["runs"] < 2:
+        ranking += " Without a measure of the noise this order is a hint, not a result."
+    elif ranking and not helped and not hurt:
         ranking += " Inside the band this order is a hint, not a result."
-    bullets = [f"- **{name(c).capitalize()}** ({pts(deltas[c])}): {why[c]}" for c in gains + losses if c in why]
+    elif ranking and any(c not in helped + hurt for c in gains + losses):
+        inside = [name(c) for c in gains + losses if c not in helped + hurt]
+        ranking += f" Of these, {_join(inside)} {'stays' if len(inside) == 1 else 'stay'} inside the band."
+    bullets = [f"- **{_upper(name(c))}** ({pts(deltas[c])}): {why[c]}" for c in gains + losses if c in why]
     return "\n\n".join(p for p in (" ".join(s for s in (noise_text, band) if s), ranking, "\n".join(bullets)) if p)
+
+
+def _upper(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _rest(n: int) -> str:

@@ -191,8 +191,8 @@ def mistakes_sentence(top: pd.DataFrame, p: Predictions, matrix) -> str:
                  ((top["true"] == sorted(pair)[1]) & (top["predicted"] == sorted(pair)[0])).any()]
     text = (f"Of the {int(m.sum()):,} test images, {errors:,} ({100.0 * errors / int(m.sum()):.1f} %) are misclassified. "
             f"The most frequent mistake is {first['true']} taken for {first['predicted']} ({int(first['images'])} images, "
-            f"{first['% of true class']:.1f} % of all {first['true']} images); the {len(top)} most frequent mistakes "
-            f"make up {int(top['images'].sum()):,} of the {errors:,} errors. The weakest class is {p.classes[worst]} "
+            f"{first['% of true class']:.1f} % of all {first['true']} images); "
+            + (f"the {len(top)} most frequent mistakes make up" if len(top) > 1 else "that mistake makes up") + f" {int(top['images'].sum()):,} of the {errors:,} errors. The weakest class is {p.classes[worst]} "
             f"({acc[worst]:.1f} %), the strongest {p.classes[best]} ({acc[best]:.1f} %).")
     if both_ways:
         text += (" Some pairs are confused in both directions ("

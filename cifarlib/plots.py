@@ -35,7 +35,7 @@ def _x_axis(ax, x: str) -> None:
     if x == "examples_seen":
         from matplotlib.ticker import FuncFormatter
 
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:,.0f}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:,g}"))
 Y_LABEL = {"loss": "loss (mean per image)", "acc": "accuracy (%)"}
 
 

@@ -507,8 +507,10 @@ def failure_box(part: Part) -> list:
     """A box in both formats saying that the part failed, where and why."""
     from nbconvert.filters import escape_latex
 
-    where = f"build/{part.source.name} next to this report" if part.executed else "no executed copy was written"
-    text = f"This part failed to build: {part.error}. The output up to the failure follows ({where})."
+    if part.executed:
+        text = f"This part failed to build: {part.error}. The output up to the failure follows."
+    else:
+        text = "This part was not built: an input it needs was missing when the document was made (see Provenance)."
     latex = ("\\begin{center}\\fcolorbox{red}{red!6}{\\parbox{0.92\\linewidth}{\\textbf{Part failed.} "
              + escape_latex(text) + "}}\\end{center}")
     box = f'<div class="cifarlib-failed"><strong>Part failed.</strong> {html.escape(text)}</div>'
@@ -542,6 +544,8 @@ def number_floats(cells: list) -> list[str]:
                 output.metadata["caption"] = given.get("caption") or _cell_caption(cell, k) or heading
                 output.metadata["figure_number"] = count[kind]
             if given.get("label"):
+                if (kind, given["label"]) in labels:
+                    raise CifarlibError(f"two {KINDS[kind].lower()}s have the label {given['label']!r}; give each its own")
                 labels[(kind, given["label"])] = f"{KINDS[kind]} {count[kind]}"
     unresolved = []
 
@@ -769,7 +773,7 @@ def _room(size_pt: float, n_columns: int) -> float:
 
 def _wrapping_spec(align: str, natural: list[int], least: list[int], room: float) -> str:
     """Columns of at least ``least`` characters; those that want more share what is left of ``room``."""
-    spare, want = max(0.0, room - sum(least)), [n - m for n, m in zip(natural, least)]
+    spare, want = max(0.0, room - sum(least)), [max(0, n - m) for n, m in zip(natural, least)]
     widths = [m + min(w, spare * w / max(1, sum(want))) for m, w in zip(least, want)]
     edge = {"l": "\\raggedright", "r": "\\raggedleft", "c": "\\centering"}
     return "@{}" + "".join(f">{{{edge[a]}\\arraybackslash}}p{{{w * CHAR_EM:.2f}em}}"
@@ -895,7 +899,7 @@ def cli(argv: list[str]) -> int:
     notebooks = discover(nb_dir)
     selected = select(notebooks, args.only)
     overrides = read_params_file(args.params_file) + [parse_param(t) for t in args.param]
-    args.title_page = {name: str(value) for scope, name, value in overrides
+    args.title_page = {name: (str(value) if value not in (None, "") else None) for scope, name, value in overrides
                        if scope in ("all", "report") and name in TITLE_FIELDS}
     overrides = [o for o in overrides if not (o[0] in ("all", "report") and o[1] in TITLE_FIELDS)]
     plan = plan_parameters(selected, notebooks, shared_parameters(args), overrides)

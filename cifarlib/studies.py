@@ -203,6 +203,8 @@ def _budget(item) -> str:
 def _loss_progress(item) -> str:
     """"2.303, practically the 2.303 of a uniform guess" or "0.0412, 82 % below the 0.09 of a uniform guess"."""
     loss, start = item.metrics.get("final_train_loss", math.nan), uniform_loss(item.config.loss)
+    if loss > 1.05 * start:
+        return f"{loss:.4g}, worse than the {start:.4g} of a uniform guess"
     if loss >= 0.95 * start:
         return f"{loss:.4g}, practically the {start:.4g} of a uniform guess"
     return f"{loss:.4g}, {100 * (1 - loss / start):.0f} % below the {start:.4g} of a uniform guess"
@@ -211,7 +213,7 @@ def _loss_progress(item) -> str:
 def _still_at_start(item) -> str:
     """A clause for a run that has barely moved from a uniform guess, else ""."""
     loss, start = item.metrics.get("final_train_loss", math.nan), uniform_loss(item.config.loss)
-    if _status(item) == DIVERGED or not math.isfinite(loss) or loss < 0.95 * start:
+    if _status(item) == DIVERGED or not math.isfinite(loss) or not 0.95 * start <= loss <= 1.05 * start:
         return ""
     return f"its training loss is still {_loss_progress(item)}: the weights have hardly moved from their random start"
 
@@ -220,6 +222,8 @@ def describe_main(item) -> str:
     """The main run in a few sentences: final accuracies, how fast it learned, whether it is still
     improving at the end and whether training and held-out accuracy drift apart."""
     tr, va, te = acc(item, "train"), acc(item, "val"), acc(item, "test")
+    if not math.isfinite(te):
+        return f"The main configuration did not finish with a usable result (status: {_status(item)})."
     if te < 100 * NEAR_CHANCE:
         return (f"After {_budget(item)} the network is still close to chance: {te:.1f} % test accuracy against "
                 f"the 10 % of guessing, and {_still_at_start(item) or 'its loss has only begun to fall'}. "
@@ -234,7 +238,7 @@ def describe_main(item) -> str:
         change = 100 * (ends["val_acc"].iloc[-1] - ends["val_acc"].iloc[-2])
         text += (f" In the last epoch it changes by {change:+.2f} points: "
                  + ("the network is still improving when training stops." if change > 0.1 else
-                    "the curve has levelled off."))
+                    "it fell in the last epoch." if change < -0.1 else "the curve has levelled off."))
     gap = tr - va
     text += (f" Training accuracy is {gap:.1f} points above validation: the network has begun to fit its training "
              "digits better than new ones." if gap >= 2 else

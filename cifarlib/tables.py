@@ -57,6 +57,10 @@ def headline(item: str, result: str, value: str) -> None:
 
 def _metric_format(column: str) -> str | None:
     """Accuracies in percent with 2 decimals and losses with 3, whatever table they are in."""
+    if "Δ" in column:
+        return "+.2f"
+    if column.startswith(("time", "wall")):
+        return ",.0f" if "(s" in column else ".2f"
     return ".2f" if "acc" in column and "%" in column else ".3f" if "loss" in column else None
 
 

@@ -190,7 +190,7 @@ def first_layer_summary(image: torch.Tensor, acts: torch.Tensor, n: int = 16) ->
     edges[1:-1, 1:-1] = ((grey[1:-1, 2:] - grey[1:-1, :-2]) ** 2 + (grey[2:, 1:-1] - grey[:-2, 1:-1]) ** 2).sqrt()
     shown = strongest_channels(maps, n)
     bright = [c for c in shown if abs(_corr(maps[c], grey)) > 0.5]
-    edge = [c for c in shown if c not in bright and abs(_corr(maps[c].abs(), edges)) > 0.3]
+    edge = [c for c in shown if c not in bright and _corr(maps[c].abs(), edges) > 0.3]
     return {"shown": len(shown), "channels": len(maps), "brightness": len(bright), "edges": len(edge),
             "inverted": sum(_corr(maps[c], grey) < 0 for c in bright)}
 

@@ -564,3 +564,24 @@ def test_a_part_without_imagenet_weights_needs_none(offline_machine, capsys):
           "--param", "03_transfer:pretrained=False"])
     err = capsys.readouterr().err
     assert err.startswith("error: CIFAR-10 is not in") and "ImageNet" not in err
+
+
+def test_a_short_name_column_is_never_narrower_than_the_name():
+    header, rows = ["model", "a long header that wraps"] + ["value"] * 9, [["Model A"] + ["0.123456789"] * 10]
+    latex = report.fit_tables(longtable(header, rows))
+    first = re.search(r"p\{([\d.]+)em\}", latex)
+    assert first and float(first[1]) >= len("Model A") * report.CHAR_EM + 0.5
+
+
+def test_a_citation_without_its_figure_fails_the_build_and_labels_are_unique():
+    cells = [nbformat.v4.new_markdown_cell("see @fig:gone")]
+    part = report.Part(Path("01_x.ipynb"))
+    import unittest.mock as mock
+
+    with mock.patch.object(report, "part_cells", return_value=cells):
+        with pytest.raises(CifarlibError, match="@fig:gone"):
+            report.assemble([part], {"title": "T", "date": "d", "profile": "full", "command": "c", "commit": "x",
+                                     "device": "cpu", "torch": "2"}, [], "")
+    twice = [nbformat.v4.new_code_cell("", outputs=[_figure("same", "One"), _figure("same", "Two")])]
+    with pytest.raises(CifarlibError, match="label 'same'"):
+        report.number_floats(twice)

@@ -32,6 +32,7 @@ def test_settings_are_named_in_words_not_config_keys():
 
 
 def test_accuracies_and_losses_have_the_same_decimals_in_every_table():
-    df = pd.DataFrame({"model": ["a"], "train loss": [0.48213], "test acc (%)": [71.96], "time (s)": [360.4]})
+    df = pd.DataFrame({"model": ["a"], "train loss": [0.48213], "test acc (%)": [71.96], "time (s)": [23456.7],
+                       "Δ val (points)": [-1.5]})
     row = [c.strip() for c in tables.to_markdown(df, floatfmt=".4g").splitlines()[2].split("|")[1:-1]]
-    assert row == ["a", "0.482", "71.96", "360.4"]
+    assert row == ["a", "0.482", "71.96", "23,457", "−1.50"]
