@@ -61,7 +61,9 @@ def _metric_format(column: str) -> str | None:
         return "+.2f"
     if column.startswith(("time", "wall")):
         return ",.0f" if "(s" in column else ".2f"
-    return ".2f" if "acc" in column and "%" in column else ".3f" if "loss" in column else None
+    if "acc" in column and "%" in column:
+        return ".2f"
+    return ".3f" if "loss" in column else ".1f" if "%" in column else None
 
 
 def _yes_no(v):

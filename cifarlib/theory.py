@@ -598,7 +598,8 @@ def backprop_check(batch: int = 16, sizes: tuple[int, int, int] = (5, 7, 3), lr:
 LAYER_NAMES = {"Conv2d": "convolution", "MaxPool2d": "max-pool", "AvgPool2d": "average pool",
                "AdaptiveAvgPool2d": "adaptive average pool", "AdaptiveMaxPool2d": "global max-pool",
                "Linear": "dense", "ReLU": "ReLU", "GELU": "GELU", "Flatten": "flatten", "Dropout": "dropout",
-               "BatchNorm2d": "batch norm", "BatchNorm1d": "batch norm", "Identity": "identity"}
+               "BatchNorm2d": "batch norm", "BatchNorm1d": "batch norm", "Identity": "identity",
+               "PatchWhitening": "whitening, 2×2 fixed filters", "Scale": "fixed scaling of the scores"}
 
 
 def reader_layers(table: pd.DataFrame) -> pd.DataFrame:
