@@ -6,6 +6,7 @@ All on the CPU with random tensors or a few hundred synthetic images; no real da
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,3 +316,25 @@ def test_target_table_holds_the_seed_means_to_each_models_targets():
     assert table.loc["Model B", "wall met"] == "-" and table.loc["Model B", "assignment (75%)"] == "yes"
     assert table.loc["other", "assignment (75%)"] == "NO" and table.loc["other", "target test acc %"] == "-"
     assert list(table["runs"]) == [2, 2, 1]
+
+
+def test_task2_records_logged_reads_the_runs_this_build_used(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from cifarlib import paths, runs
+    from cifarlib.experiments import improved
+
+    made = {}
+    for folder in ("improved_a-aaa", "improved_b-bbb", "improved_b-ccc", "baseline-ddd"):
+        (tmp_path / folder).mkdir()
+        made[folder] = SimpleNamespace(name=folder)
+    log = tmp_path / "runs-used.txt"
+    log.write_text("\n".join(str(tmp_path / f) for f in made) + f"\n{tmp_path / 'improved_b-bbb'}\n")
+    monkeypatch.setattr(runs, "is_finished", lambda d: True)
+    monkeypatch.setattr(runs, "load_run", lambda d: made[Path(d).name])
+    monkeypatch.setenv(paths.ENV_RUN_LOG, str(log))
+    found = improved.task2_records_logged()
+    assert {k: [r.name for r in v] for k, v in found.items()} == {
+        "Model A": ["improved_a-aaa"], "Model B": ["improved_b-bbb", "improved_b-ccc"]}
+    monkeypatch.delenv(paths.ENV_RUN_LOG)
+    assert improved.task2_records_logged() == {}

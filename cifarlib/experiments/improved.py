@@ -252,3 +252,21 @@ def passes_sentence(test_acc: dict, threshold: float) -> str:
     if not above:
         return f"neither reaches the assignment's {threshold:g} %."
     return f"only {above[0]} reaches the assignment's {threshold:g} %."
+
+
+def task2_records_logged() -> dict:
+    """``{label: [run record per seed]}`` of the Task 2 runs this report build has used so far (the
+    run log of the report command), so that later sections compare with exactly those; {} outside a
+    report build or before Task 2 ran."""
+    import os
+    from pathlib import Path
+
+    from cifarlib import paths, runs
+
+    log = os.environ.get(paths.ENV_RUN_LOG)
+    if not log or not Path(log).is_file():
+        return {}
+    folders = [d for d in dict.fromkeys(Path(log).read_text(encoding="utf-8").split("\n")) if d]
+    found = {label: [runs.load_run(d) for d in folders if Path(d).name.rpartition("-")[0] == name and runs.is_finished(d)]
+             for label, name in MODELS.items()}
+    return {label: recs for label, recs in found.items() if recs}
