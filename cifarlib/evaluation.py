@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cifarlib.data import ImageSet, Loader
+from cifarlib import tables
 from cifarlib.errors import CifarlibError
 
 
@@ -171,7 +172,7 @@ def cost_table(groups) -> pd.DataFrame:
                      "MMACs / image": forward_macs(model) / 1e6, "runs": len(records),
                      "wall per run (min)": sum(walls) / len(walls) / 60,
                      "s per epoch": sum(w / e for w, e in zip(walls, epochs)) / len(walls),
-                     "device": f"{rec.metrics['device']} ({rec.metrics['precision']}, {_threads(records)} threads)"})
+                     "trained on": tables.hardware(rec.metrics["device"], rec.metrics["precision"], _threads(records))})
     return pd.DataFrame(rows)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cifarlib import experiments, plots, runs, train
+from cifarlib import experiments, plots, runs, tables, train
 
 DIVERGED = "diverged"
 
@@ -72,7 +72,8 @@ def comparison_table(records: Mapping[str, object], label: str = "run", losses: 
     if (frame["status"] == "finished").all():
         frame = frame.drop(columns="status")
     if frame["device"].nunique() == 1:
-        frame = frame.drop(columns="device").rename(columns={"time (s)": f"time (s, {frame['device'].iloc[0]})"})
+        frame = frame.drop(columns="device").rename(
+            columns={"time (s)": f"time (s, {tables.hardware(frame['device'].iloc[0])})"})
     return frame
 
 

@@ -161,6 +161,13 @@ VALUE_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "onecycle": "one-
                "whitened_net": "whitened network"}
 
 
+def hardware(device: str, precision: str | None = None, threads=None) -> str:
+    """Where a run trained, in a reader's words: "CPU, 2 threads, bfloat16" or "GPU (cuda:0), float32"."""
+    where = "CPU" if str(device).startswith("cpu") else "Apple GPU" if str(device).startswith("mps") else f"GPU ({device})"
+    parts = [where] + ([f"{threads} thread{'s' if str(threads) != '1' else ''}"] if threads and where == "CPU" else [])
+    return ", ".join(parts + ([VALUE_NAMES.get(precision, precision)] if precision else []))
+
+
 def setting_name(key: str) -> str:
     return SETTING_NAMES.get(key, key.replace("_", " "))
 

@@ -241,7 +241,7 @@ def test_comparison_table_hides_constant_columns():
             "L2": _record([0.3], 0.30, loss="mse", train_loss=0.0855)}
     table = studies.comparison_table(runs, label="loss", losses=True)
     assert list(table.columns) == ["loss", "params", "train loss", "test loss", "train acc (%)", "test acc (%)",
-                                   "time (s, cpu)"]
+                                   "time (s, CPU)"]
     assert table.loc[1, "train loss"] == "0.0855"
 
 

@@ -397,7 +397,7 @@ NEVER_IN_BODY = [r"cifarlib", r"[Nn]otebook", r"papermill", r"nbconvert", r"runs
                  r"\bprofile\b", r"run record", r"\b\w+_\w+ ?=", r"ablation_epochs", r"eval_every_steps",
                  r"weights_path", r"data_root", r"runs_dir", r"model_kw", r"norm_lr_scale", r"improved_[ab]",
                  r"mnist_(lenet|small|main)", r"garbled", r"OCR", r"reports? 00\d", r"development", r"between builds",
-                 r"->", r"\+-", r"\bpart [2-5]\b", r"WARNING", r"DISAGREE"]
+                 r"->", r"\+-", r"\bpart [2-5]\b", r"WARNING", r"DISAGREE", r"\b(bf16|fp32|fp16)\b"]
 
 
 def assert_floats_are_numbered_captioned_and_legible(nb) -> None:

@@ -36,3 +36,9 @@ def test_accuracies_and_losses_have_the_same_decimals_in_every_table():
                        "Δ val (points)": [-1.5]})
     row = [c.strip() for c in tables.to_markdown(df, floatfmt=".4g").splitlines()[2].split("|")[1:-1]]
     assert row == ["a", "0.482", "71.96", "23,457", "−1.50"]
+
+
+def test_hardware_in_a_readers_words():
+    assert tables.hardware("cpu", "bf16", 2) == "CPU, 2 threads, bfloat16"
+    assert tables.hardware("cuda:0", "fp32") == "GPU (cuda:0), float32"
+    assert tables.hardware("cpu") == "CPU"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cifarlib.ablation import Change, apply_change
+from cifarlib import tables
 from cifarlib.experiments import register
 
 EPOCHS = 10  # the assignment's budget for the improved models
@@ -171,7 +172,7 @@ def replication_settings(records) -> dict:
             "initialisation": INITIALISATION.get(cfg.name, "PyTorch default"),
             "seeds": ", ".join(str(r.config.seed) for r in records),
             "steps per epoch": round(m["steps"] / m["epochs_run"]) if m.get("epochs_run") else "-",
-            "trained on": f"{m['device']} ({m['precision']}), {records[0].env.get('threads', '?')} threads"}
+            "trained on": tables.hardware(m["device"], m["precision"], records[0].env.get("threads"))}
 
 
 # ---- Task 2's models, as the other sections see them ----------------------------------------------
