@@ -83,3 +83,20 @@ def quick_data(tmp_path_factory) -> dict:
                 tar.add(tree / split, arcname=split)
         roots[paths.ENV_MNIST] = str(archive)
     return roots
+
+
+@pytest.fixture
+def stand_in_notebook():
+    """A writer of tiny notebooks for the report command: a title, a ``parameters`` cell with the
+    given source, and one cell printing the profile."""
+    import nbformat
+
+    def write(path, parameters: str) -> None:
+        cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), nbformat.v4.new_code_cell(parameters),
+                 nbformat.v4.new_code_cell("print(profile)")]
+        cells[1].metadata["tags"] = ["parameters"]
+        nb = nbformat.v4.new_notebook(cells=cells)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, path)
+
+    return write

@@ -19,7 +19,6 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
-import nbformat
 import numpy as np
 import pytest
 from PIL import Image
@@ -327,17 +326,8 @@ def test_download_urls_are_the_ones_torchvision_fetches_first():
 
 # ---- the report command checks before running anything ----------------------------------------------
 
-def stand_in_notebook(path: Path, parameters: str) -> None:
-    cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), nbformat.v4.new_code_cell(parameters),
-             nbformat.v4.new_code_cell("print(profile)")]
-    cells[1].metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
 @pytest.fixture
-def notebooks(tmp_path, home, monkeypatch):
+def notebooks(tmp_path, home, monkeypatch, stand_in_notebook):
     """A notebooks folder (01 reads no data, 02 CIFAR-10, 03 MNIST) and a report whose notebook runs
     and export are recorded, not done."""
     folder = tmp_path / "notebooks"

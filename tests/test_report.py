@@ -494,17 +494,8 @@ def test_headlines_move_into_a_summary_that_names_their_section():
 
 # ---- the preflight: what every part needs, checked before anything runs --------------------------
 
-def _stand_in(path: Path, parameters: str) -> None:
-    cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), nbformat.v4.new_code_cell(parameters),
-             nbformat.v4.new_code_cell("print(profile)")]
-    cells[1].metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
 @pytest.fixture
-def offline_machine(tmp_path, isolated, monkeypatch):
+def offline_machine(tmp_path, isolated, monkeypatch, stand_in_notebook):
     """No data set at its default place, no ImageNet weights cached, no server reachable; notebook
     runs and the export are recorded, not done."""
     import torch
@@ -519,9 +510,9 @@ def offline_machine(tmp_path, isolated, monkeypatch):
     monkeypatch.setattr(data, "probe", lambda url, timeout=None: asked.append(url) or "offline (stand-in)")
     folder = tmp_path / "nbs"
     folder.mkdir()
-    _stand_in(folder / "01_plain.ipynb", 'profile = "full"\nseed = 0')
-    _stand_in(folder / "02_cifar.ipynb", 'profile = "full"\ndata_root = None')
-    _stand_in(folder / "03_transfer.ipynb", 'profile = "full"\ndata_root = None\npretrained = None\nweights_path = None')
+    stand_in_notebook(folder / "01_plain.ipynb", 'profile = "full"\nseed = 0')
+    stand_in_notebook(folder / "02_cifar.ipynb", 'profile = "full"\ndata_root = None')
+    stand_in_notebook(folder / "03_transfer.ipynb", 'profile = "full"\ndata_root = None\npretrained = None\nweights_path = None')
     ran = []
     monkeypatch.setattr(report, "run_notebooks", lambda parts, build, keep: ran.append(
         [p.name for p in parts if not p.error]))
