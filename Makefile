@@ -5,6 +5,7 @@
 #
 # Variables: PROFILE=full|quick  DATA=<CIFAR-10 root>  MNIST=<MNIST root>  DEVICE=auto|cpu|cuda
 #            (DATA/MNIST optional: default $CIFARLIB_DATA/$CIFARLIB_MNIST_DATA, else downloaded once into ~/.cache/cifarlib)
+#            EXECUTOR=local|serial|dask:ADDRESS|submitit:FOLDER (where training runs go; default local)
 #            REPORT_ARGS="--param 04_transfer:pretrained=false ..." (more `python -m cifarlib report` options)
 #            PYTHON=python3  TORCH="<pip requirement(s) for torch and torchvision>"  PYTEST_ARGS=...
 
@@ -13,6 +14,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= full
 DEVICE ?= auto
+EXECUTOR ?=
 DATA ?=
 MNIST ?=
 REPORT_ARGS ?=
@@ -28,7 +30,8 @@ help:
 
 report: $(STAMP)
 	$(PY) -m cifarlib report --profile $(PROFILE) --device $(DEVICE) \
-	  $(if $(DATA),--data-root "$(DATA)") $(if $(MNIST),--mnist-root "$(MNIST)") $(REPORT_ARGS)
+	  $(if $(DATA),--data-root "$(DATA)") $(if $(MNIST),--mnist-root "$(MNIST)") \
+	  $(if $(EXECUTOR),--executor "$(EXECUTOR)") $(REPORT_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,14 +1,18 @@
-"""Ablation: start from a reference configuration, change one thing at a time, and rank the changes.
+"""Ablation: take a recipe apart one ingredient at a time, with several seeds, and say with a confidence
+interval what each ingredient is worth.
 
 A :class:`Change` names one change and the config values it sets (``model_kw`` entries are merged
 into the reference's model arguments, everything else replaces the reference value). The variants
-are ordinary named experiments (``cifarlib.experiments.improved`` registers them), so each one is a
-cached run record like any other; :func:`run_ablation` trains or loads them all and
-:func:`delta_table` ranks them by how much they moved validation accuracy.
+are ordinary named experiments (``cifarlib.experiments.improved`` registers the leave-one-out set
+``loo_<change>`` against ``loo_reference``), so each one is a cached run record like any other.
+:func:`run_paired` trains the reference and every variant with the same seeds in one sweep;
+:func:`paired_effects` compares each variant with the reference seed by seed and gives the mean
+difference with a 95 % confidence interval (Student's t on the paired differences).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -60,164 +64,204 @@ def _norm(value):
 @dataclass
 class AblationResult:
     reference: list  # run records (or metrics dicts) of the reference, one per seed
-    variants: dict  # change name -> run record (or metrics dict)
+    variants: dict  # change name -> list of run records (or metrics dicts), one per seed, same seeds
     changes: list = field(default_factory=list)  # the Change objects, in the order given
 
 
-def train_seeds(name: str, profile: str = "full", seeds: int = 1, seed: int = 0, data_root=None, runs_dir=None,
-                progress=None, **overrides) -> list:
-    """Run records of experiment ``name`` with seeds ``seed``, ``seed + 1``, ... (``seeds`` of them),
-    each trained now or read back from its cached record. ``overrides`` apply to every seed."""
-    from cifarlib import experiments, runs
+def run_paired(changes: Sequence[Change], reference: str = "loo_reference", prefix: str = "loo",
+               profile: str = "full", seeds: int = 5, seed: int = 0, data_root=None, runs_dir=None,
+               executor=None, **overrides) -> AblationResult:
+    """Train (or load) experiment ``reference`` and every ``<prefix>_<change>`` with seeds ``seed`` ..
+    ``seed + seeds - 1``, all in one sweep on ``executor``. ``overrides`` (e.g. ``device="cpu"``) apply
+    to every run alike."""
+    from cifarlib import experiments, sweep
 
-    return [runs.train_or_load(experiments.config(name, profile, **{**overrides, "seed": seed + k}),
-                               data_root=data_root, runs_dir=runs_dir, progress=progress) for k in range(seeds)]
-
-
-def run_ablation(changes: Sequence[Change], profile: str = "full", reference: str = "ablation_reference",
-                 seed: int = 0, reference_seeds: int = 1, data_root=None, runs_dir=None, progress=None,
-                 **overrides) -> AblationResult:
-    """Train (or load) the reference with ``reference_seeds`` seeds and each change with ``seed``.
-    ``overrides`` (e.g. ``epochs=5, device="cpu"``) apply to every run alike."""
-    where = dict(profile=profile, data_root=data_root, runs_dir=runs_dir, progress=progress, **overrides)
-    refs = train_seeds(reference, seeds=reference_seeds, seed=seed, **where)
-    variants = {c.name: train_seeds(f"ablation_{c.name}", seeds=1, seed=seed, **where)[0] for c in changes}
-    return AblationResult(refs, variants, list(changes))
+    names = [reference] + [f"{prefix}_{c.name}" for c in changes]
+    configs = [cfg for name in names
+               for cfg in sweep.seeded(experiments.config(name, profile, **overrides), seeds, seed)]
+    records = sweep.run_many(configs, data_root=data_root, runs_dir=runs_dir, executor=executor)
+    per = {name: records[i * seeds:(i + 1) * seeds] for i, name in enumerate(names)}
+    return AblationResult(per[reference], {c.name: per[f"{prefix}_{c.name}"] for c in changes}, list(changes))
 
 
-# ---- the table ----------------------------------------------------------------------------------
+# ---- statistics -----------------------------------------------------------------------------------
+
+# Two-sided 95 % quantiles of Student's t, t(0.975; df) for df = 1..30 (beyond: a Cornish-Fisher expansion).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise CifarlibError(f"a t quantile needs at least 1 degree of freedom, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def paired_ci(differences: Sequence[float]) -> tuple[float, float]:
+    """(mean, half-width of its 95 % confidence interval) of paired differences; the half-width is
+    NaN for fewer than two pairs (no spread to measure)."""
+    values = [float(v) for v in differences]
+    if not values:
+        raise CifarlibError("no paired differences to summarize; the ablation needs finished runs")
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, t975(len(values) - 1) * sd / math.sqrt(len(values))
+
 
 def _metrics(item) -> Mapping:
     return getattr(item, "metrics", item)
 
 
-def _acc(item, split: str, prefix: str) -> float:
-    value = _metrics(item).get(f"{prefix}_{split}_acc")
+def _seed(item) -> int:
+    config = getattr(item, "config", None)
+    return config.seed if config is not None else _metrics(item)["seed"]
+
+
+def _acc(item, split: str) -> float:
+    value = _metrics(item).get(f"final_{split}_acc")
     if value is None:
-        raise CifarlibError(f"run metrics lack {prefix}_{split}_acc; pass run records or metrics dicts from fit()")
+        raise CifarlibError(f"run metrics lack final_{split}_acc; pass run records or metrics dicts from fit()")
     return 100.0 * value
 
 
-def reference_accuracy(result: AblationResult, prefix: str = "final") -> dict:
-    """Mean and sample std (0 for one seed) of the reference's validation and test accuracy, in %.
-    ``prefix``: "final" (after the last epoch) or "best" (at the evaluation with the lowest val loss)."""
-    frame = pd.DataFrame([{s: _acc(r, s, prefix) for s in ("val", "test")} for r in result.reference])
-    std = frame.std(ddof=1).fillna(0.0)  # one run: no spread to measure
-    return {"runs": len(frame), **{f"{s}_mean": frame[s].mean() for s in frame},
-            **{f"{s}_std": std[s] for s in frame}}
+VERDICTS = ("helps", "hurts", "cannot tell")
 
 
-def delta_table(result: AblationResult, prefix: str = "final") -> pd.DataFrame:
-    """One row per change: its validation and test accuracy (%) and the change against the reference
-    mean (percentage points), sorted by the validation change, largest gain first. Validation ranks
-    the changes; test accuracy is shown, not used for the choice. ``prefix`` as in reference_accuracy:
-    "best" scores each run where early stopping would have left it (its lowest validation loss)."""
-    ref = reference_accuracy(result, prefix)
+def verdict(low: float, high: float) -> str:
+    """"helps" when the whole interval of an ingredient's contribution is above zero, "hurts" when below,
+    else "cannot tell" (also without an interval)."""
+    if math.isnan(low) or math.isnan(high):
+        return "cannot tell"
+    return "helps" if low > 0 else "hurts" if high < 0 else "cannot tell"
+
+
+def paired_effects(result: AblationResult) -> pd.DataFrame:
+    """One row per change: the contribution of the ingredient it removes, i.e. the reference's accuracy
+    minus the variant's, seed by seed (a positive contribution: the ingredient helps). Mean and 95 %
+    confidence interval of the validation contribution, the mean test contribution, the variant's mean
+    accuracy and the verdict of :func:`verdict`; sorted by the validation contribution, largest first.
+    Validation decides; test accuracy is shown, not used."""
+    ref = {_seed(r): r for r in result.reference}
     rows = []
     for change in result.changes:
-        run = result.variants[change.name]
-        val, test = _acc(run, "val", prefix), _acc(run, "test", prefix)
-        rows.append({"change": change.name, "what changed": change.description, "val acc (%)": val,
-                     "Δ val (pts)": val - ref["val_mean"], "test acc (%)": test,
-                     "Δ test (pts)": test - ref["test_mean"],
-                     "epoch": _metrics(run).get(f"{prefix}_epoch", _metrics(run).get("epochs_run")),
-                     "wall (s)": _metrics(run).get("wall_s")})
+        pairs = [(ref[_seed(v)], v) for v in result.variants[change.name] if _seed(v) in ref]
+        if not pairs:
+            raise CifarlibError(f"change {change.name!r} shares no seed with the reference; run both with the same seeds")
+        val, half = paired_ci([_acc(r, "val") - _acc(v, "val") for r, v in pairs])
+        test, _ = paired_ci([_acc(r, "test") - _acc(v, "test") for r, v in pairs])
+        rows.append({"change": change.name, "ingredient removed": change.description, "runs": len(pairs),
+                     "val acc without (%)": sum(_acc(v, "val") for _, v in pairs) / len(pairs),
+                     "contribution (val, points)": val, "ci low": val - half, "ci high": val + half,
+                     "contribution (test, points)": test, "verdict": verdict(val - half, val + half)})
     frame = pd.DataFrame(rows)
-    return frame.sort_values("Δ val (pts)", ascending=False, kind="stable").reset_index(drop=True)
+    return frame.sort_values("contribution (val, points)", ascending=False, kind="stable").reset_index(drop=True)
 
 
-VERDICTS = ("helped", "hurt", "within noise")
+def reference_accuracy(result: AblationResult) -> dict:
+    """Mean and sample standard deviation (0 for one seed) of the reference's validation and test accuracy, in %."""
+    frame = pd.DataFrame([{s: _acc(r, s) for s in ("val", "test")} for r in result.reference])
+    std = frame.std(ddof=1).fillna(0.0)
+    return {"runs": len(frame), **{f"{s}_mean": frame[s].mean() for s in frame}, **{f"{s}_std": std[s] for s in frame}}
 
 
-def verdict(delta: float, noise: float) -> str:
-    """"helped" / "hurt" when the validation change ``delta`` (points) is beyond ``noise``, else "within noise"."""
-    return "within noise" if abs(delta) <= noise else ("helped" if delta > 0 else "hurt")
-
-
-def plot_deltas(table: pd.DataFrame, noise: float | None = None, title: str | None = None):
-    """Horizontal bars: change in validation and test accuracy per change (pts), best at the top;
-    a shaded band marks +-``noise`` (e.g. 2 std of the reference over seeds)."""
+def plot_effects(table: pd.DataFrame, title: str | None = None):
+    """Each ingredient's contribution to validation accuracy (points) with its 95 % confidence interval,
+    largest at the top; a bar whose interval crosses zero is grey."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     y = np.arange(len(table))[::-1]
-    fig, ax = plt.subplots(figsize=(6.4, 0.24 * len(table) + 1.5))
-    ax.barh(y + 0.2, table["Δ val (pts)"], height=0.4, color="tab:orange", label="validation")
-    ax.barh(y - 0.2, table["Δ test (pts)"], height=0.4, color="tab:green", label="test")
-    if noise:
-        ax.axvspan(-noise, noise, color="grey", alpha=0.2, label=f"±{noise:.2f} pts (seed noise)")
+    mean = table["contribution (val, points)"].to_numpy(dtype=float)
+    low, high = table["ci low"].to_numpy(dtype=float), table["ci high"].to_numpy(dtype=float)
+    colours = ["tab:blue" if v == "helps" else "tab:red" if v == "hurts" else "0.6" for v in table["verdict"]]
+    fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(table) + 1.4))
+    ax.barh(y, mean, height=0.6, color=colours)
+    ok = ~np.isnan(low)
+    ax.errorbar(mean[ok], y[ok], xerr=[mean[ok] - low[ok], high[ok] - mean[ok]], fmt="none", ecolor="black",
+                capsize=3, lw=1)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, table["change"])
-    ax.set_xlabel("accuracy change vs reference (percentage points)")
-    ax.set_title(title or "Ablation: one change at a time from the Table-1 baseline")
-    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, frameon=False)  # never over a bar
-    fig.tight_layout(rect=(0, 0.5 / (0.24 * len(table) + 1.5), 1, 1))
+    ax.set_xlabel("contribution to validation accuracy (percentage points)")
+    ax.set_title(title or "Leave one out: what each ingredient of Model A is worth")
+    fig.tight_layout()
     return fig
 
 
-
-def discussion(table: pd.DataFrame, ref: dict, noise: float, labels: Mapping[str, str] | None = None,
-               why: Mapping[str, str] | None = None, top: int = 3, bottom: int = 2) -> str:
-    """The Task 2(e) discussion as Markdown, every claim built from ``table`` (:func:`delta_table`),
-    the reference's accuracy ``ref`` (:func:`reference_accuracy`) and the ``noise`` band (points):
-    what the noise allows, which changes leave the band, the ranking, and the mechanism (``why``) of
-    the changes at both ends."""
-    labels, why = labels or {}, why or {}
+def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None = None,
+               why: Mapping[str, str] | None = None, why_hurts: Mapping[str, str] | None = None) -> str:
+    """The Task 2(e) discussion as Markdown, every claim built from ``table`` (:func:`paired_effects`)
+    and the reference's accuracy ``ref`` (:func:`reference_accuracy`): which ingredients demonstrably
+    help or hurt (their interval excludes zero), which the data cannot tell apart from nothing (each
+    with its own interval), the largest estimated contribution, and the mechanism (``why``) of those
+    with a verdict (``why_hurts`` for those whose removal helped)."""
+    labels, why, why_hurts = labels or {}, why or {}, why_hurts or {}
+    if table.empty:
+        return "No ingredient was measured, so there is nothing to discuss."
 
     def name(change):
         return labels.get(change, change.replace("_", " "))
 
     def pts(value):
-        return f"{value:+.1f}".replace("-", "\u2212")
+        return f"{value:+.2f}".replace("-", "\u2212")
 
-    deltas = dict(zip(table["change"], table["Δ val (pts)"]))
-    if ref["runs"] < 2:
-        noise_text = ("With a single reference run there is no measure of the run-to-run noise, so no change "
-                      "below can be called a gain or a loss.")
-    else:
-        noise_text = (f"The reference reaches {ref['val_mean']:.1f} ± {ref['val_std']:.1f} % validation accuracy over "
-                      f"{ref['runs']} seeds. Twice that standard deviation, ±{noise:.1f} points, is the band inside which "
-                      "one run of a variant cannot be told apart from the reference.")
-    helped = [c for c, d in deltas.items() if verdict(d, noise) == "helped"] if ref["runs"] >= 2 else []
-    hurt = [c for c, d in deltas.items() if verdict(d, noise) == "hurt"] if ref["runs"] >= 2 else []
-    if ref["runs"] < 2:
-        band = ""
-    elif not helped and not hurt:
-        band = (f"None of the {len(deltas)} changes moves the validation accuracy outside this band: on this "
-                "evidence no single change, added on its own to this recipe, is a demonstrated gain or loss.")
-    else:
-        band = " ".join(s for s in (
-            f"Outside the band, {_join([f'{name(c)} ({pts(deltas[c])} points)' for c in helped])} helped." if helped else "",
-            f"{_upper(_join([f'{name(c)} ({pts(deltas[c])} points)' for c in hurt]))} hurt." if hurt else "",
-            _rest(len(deltas) - len(helped) - len(hurt))) if s)
-    ranked = list(table["change"])
-    gains = [c for c in ranked[:top] if deltas[c] > 0]
-    losses = [c for c in ranked[::-1][:bottom] if deltas[c] < 0][::-1]
-    order = []
-    if gains:
-        order.append(f"the largest gains came from {_join([f'{name(c)} ({pts(deltas[c])})' for c in gains])}")
-    if losses:
-        order.append(f"{', and' if gains else ''} the largest losses from {_join([f'{name(c)} ({pts(deltas[c])})' for c in losses])}")
-    ranking = (f"Ranked by their change in validation accuracy (points), {''.join(order).lstrip(', ')}."
-               if order else "")
-    if ranking and ref["runs"] < 2:
-        ranking += " Without a measure of the noise this order is a hint, not a result."
-    elif ranking and not helped and not hurt:
-        ranking += " Inside the band this order is a hint, not a result."
-    elif ranking and any(c not in helped + hurt for c in gains + losses):
-        inside = [name(c) for c in gains + losses if c not in helped + hurt]
-        ranking += f" Of these, {_join(inside)} {'stays' if len(inside) == 1 else 'stay'} inside the band."
-    bullets = [f"- **{_upper(name(c))}** ({pts(deltas[c])}): {why[c]}" for c in gains + losses if c in why]
-    return "\n\n".join(p for p in (" ".join(s for s in (noise_text, band) if s), ranking, "\n".join(bullets)) if p)
+    def interval(row):
+        return f"95 % CI {pts(row['ci low'])} to {pts(row['ci high'])} points"
+
+    def ci(row):
+        return f"{pts(row['contribution (val, points)'])} points, {interval(row)}"
+
+    rows = {r["change"]: r for _, r in table.sort_values("contribution (val, points)", ascending=False).iterrows()}
+    measured = {c: r for c, r in rows.items() if not math.isnan(r["ci low"])}
+    lo, hi = int(table["runs"].min()), int(table["runs"].max())
+    seeds = f"{lo} seeds" if lo == hi else f"{lo} to {hi} seeds"
+    spread = (f"{ref['val_mean']:.1f} ± {ref['val_std']:.1f} % (mean ± standard deviation)" if ref["runs"] > 1
+              else f"{ref['val_mean']:.1f} %")
+    intro = (f"The reference reaches {spread} validation accuracy over {ref['runs']} seed{'s' if ref['runs'] != 1 else ''}. "
+             "Each ingredient's contribution is the reference's accuracy minus that of the run without it, with the "
+             f"same seed, averaged over {seeds}.")
+    parts = [intro]
+    single = [c for c in rows if c not in measured]
+    if single:
+        parts.append(f"{_upper(_join([name(c) for c in single]))} ran with one seed, which gives no measure of the "
+                     "noise, so nothing is claimed about " + ("it." if len(single) == 1 else "them."))
+    helps = [c for c, r in measured.items() if r["verdict"] == "helps"]
+    hurts = [c for c, r in measured.items() if r["verdict"] == "hurts"]
+    unclear = [c for c, r in measured.items() if r["verdict"] == "cannot tell"]
+    if helps:
+        parts.append(f"The largest estimated contribution among the ingredients shown to help is that of "
+                     f"{name(helps[0])} ({ci(rows[helps[0]])}).")
+        if len(helps) > 1:
+            parts.append(f"{_upper(_join([f'{name(c)} ({ci(rows[c])})' for c in helps[1:]]))} "
+                         f"{'helps' if len(helps) == 2 else 'help'} as well: without "
+                         f"{'it' if len(helps) == 2 else 'any one of them'} the model is worse beyond the noise.")
+    elif measured:
+        parts.append("No ingredient's removal costs accuracy beyond the noise of these runs.")
+    if hurts:
+        parts.append(f"Removing {_join([f'{name(c)} ({ci(rows[c])})' for c in hurts], 'or')}"
+                     f"{' (each on its own)' if len(hurts) > 1 else ''} gives a better model on this budget.")
+    if unclear:
+        listed = _join([f"{name(c)} ({interval(rows[c])})" for c in unclear])
+        parts.append(f"For {listed} the data cannot tell: "
+                     f"{'its interval includes' if len(unclear) == 1 else 'each interval includes'} zero.")
+    if len(measured) > 1 and helps + hurts:
+        parts.append(f"For an ingredient without any effect, a 95 % interval still excludes zero in one case in twenty; "
+                     f"among these {len(measured)} intervals, a verdict whose interval ends close to zero is the least "
+                     "certain.")
+    reasons = {**{c: why[c] for c in helps if c in why}, **{c: why_hurts[c] for c in hurts if c in why_hurts}}
+    bullets = [f"- **{_upper(name(c))}** ({pts(rows[c]['contribution (val, points)'])} points): {reasons[c]}"
+               for c in helps + hurts if c in reasons]
+    return "\n\n".join(p for p in (" ".join(parts), "\n".join(bullets)) if p)
 
 
 def _upper(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _rest(n: int) -> str:
-    return "" if n == 0 else "The other change stays inside it." if n == 1 else f"The other {n} changes stay inside it."
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1] if items else ""
+def _join(items: list[str], word: str = "and") -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} " + items[-1] if items else ""

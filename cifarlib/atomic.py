@@ -39,6 +39,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before the rename: a power cut leaves the old file or the whole new one
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -166,13 +166,28 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--fp32", action="store_true", help="also time cifarlib in fp32 (what precision auto gains)")
+    p.add_argument("--sweep", type=int, metavar="RUNS", default=None,
+                   help="instead: time a sweep of RUNS short Model A runs, serial (one process, every core) "
+                        "against the local executor (worker processes), side by side")
     args = p.parse_args(argv)
+    if args.sweep is not None:
+        if args.sweep < 1:
+            p.error(f"--sweep needs at least 1 run, got {args.sweep}")
+        return sweep_bench(args.sweep, args.data_root, args.device)
     if args.steps < 1 or args.batch_size < 1 or args.workers < 0:
         p.error("--steps and --batch-size must be >= 1 and --workers >= 0")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
+    if args.batch_size > EPOCH["train"]:  # checked before synthetic data sized to the batch fills the memory
+        p.error(f"--batch-size {args.batch_size} is larger than the {EPOCH['train']:,} training images of CIFAR-10; "
+                "choose a smaller batch")
     device = resolve_device(args.device)
     splits, label = bench_data(args.data_root, args.steps, args.batch_size)
+    if args.batch_size > len(splits.train):
+        p.error(f"--batch-size {args.batch_size} is larger than the {len(splits.train):,} training images; "
+                "choose a smaller batch")
     shape = dict(in_channels=splits.train.images.shape[1], num_classes=len(splits.classes),
                  image_size=splits.train.images.shape[2])
     print(f"data: {label}")
@@ -194,4 +209,40 @@ def cli(argv: list[str]) -> int:
                                args.workers)
         print(f"wide-model speedup: {wide_speedup:.2f}x")
     print(f"speedup: {speedup:.2f}x")
+    return 0
+
+
+def sweep_bench(n_runs: int, data_root, device: str) -> int:
+    """Time the same sweep of ``n_runs`` short Model A runs (1 epoch on 5,000 images, seeds 0..n-1) on
+    the serial executor (one process with every core) and on the local one (worker processes), each
+    into a fresh run folder, and print both wall times and their ratio."""
+    import tempfile
+
+    from cifarlib import sweep
+    from cifarlib.models.cifar import IMPROVED_A
+
+    dataset = "cifar10" if data_root is not None or os.environ.get(paths.ENV_DATA) else "synthetic"
+    base = TrainConfig(name="sweep_bench", dataset=dataset, model="table1_variant",
+                       model_kw={k: list(v) if isinstance(v, tuple) else v for k, v in IMPROVED_A.items()},
+                       epochs=1, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+                       weight_decay=5e-4, scheduler="onecycle", warmup_epochs=0.3, crop_pad=2, flip=True,
+                       train_per_class=500, test_per_class=100, train_eval_size=500, device=device)
+    configs = sweep.seeded(base, n_runs)
+    cpus = sweep.cpu_count()
+    workers, threads = sweep.plan(n_runs)
+    print(f"sweep: {n_runs} runs of Model A, 1 epoch on 4,500 {dataset} images each; {cpus} cores")
+    from cifarlib import runs
+
+    runs.prepare_splits(base, data_root=data_root)  # decode (and cache) the data before the clocks start
+    times = {}
+    for label, kw in ((f"serial (1 process x {cpus} threads)", dict(executor="serial", threads=cpus)),
+                      (f"local ({workers} workers x {threads} thread{'s' if threads > 1 else ''})",
+                       dict(executor="local"))):
+        with tempfile.TemporaryDirectory(prefix="cifarlib-sweep-bench-") as folder:
+            start = time.perf_counter()
+            sweep.run_many(configs, data_root=data_root, runs_dir=folder, force=True, progress=False, **kw)
+            times[label] = time.perf_counter() - start
+        print(f"  {label:<32} {times[label]:7.1f} s  ({times[label] / n_runs:.1f} s a run)")
+    serial_s, local_s = times.values()
+    print(f"local executor speedup over serial: {serial_s / local_s:.2f}x")
     return 0

@@ -16,6 +16,7 @@ ENV_RUNS = "CIFARLIB_RUNS"  # run records (default <repo>/runs, else ./runs)
 ENV_FIGURES = "CIFARLIB_FIGURES"  # figure output folder (default <repo>/figures, else ./figures)
 ENV_WEIGHTS = "CIFARLIB_RESNET18_WEIGHTS"  # local ImageNet ResNet18 state_dict file
 ENV_PROGRESS = "CIFARLIB_PROGRESS"  # "0" turns progress bars off (batch/report runs do this)
+ENV_EXECUTOR = "CIFARLIB_EXECUTOR"  # where notebooks and the report train runs: local | serial | dask:ADDRESS | submitit:FOLDER
 ENV_RUN_LOG = "CIFARLIB_RUN_LOG"  # file that train_or_load appends each run folder it uses to (set by the report)
 
 

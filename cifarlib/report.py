@@ -106,6 +106,9 @@ def select(notebooks: list[Path], only: str | None) -> list[Path]:
     if not only:
         return notebooks
     chosen = {match(notebooks, key.strip(), "--only") for key in only.split(",") if key.strip()}
+    if not chosen:
+        raise CifarlibError(f"--only {only!r} names no notebook; give numbers or names separated by commas, "
+                            f"e.g. --only 01,03_improved")
     return [p for p in notebooks if p in chosen]
 
 
@@ -116,7 +119,12 @@ def declared_parameters(path: Path) -> set[str]:
     import nbformat
     import papermill
 
-    tagged = [c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    try:
+        cells = nbformat.read(path, as_version=4).cells
+    except Exception as err:  # not JSON, not a notebook, unreadable
+        raise CifarlibError(f"{path} is not a readable notebook ({first_line(err)}); fix or remove it, or point "
+                            f"--notebooks at another folder") from None
+    tagged = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
     if len(tagged) != 1:
         raise CifarlibError(f"{path.name} has {len(tagged)} cells tagged 'parameters'; tag exactly one "
                             f"(see notebooks/README.md)")
@@ -287,13 +295,14 @@ def preflight(selected: list[Path], plan: dict, profile: str) -> dict[Path, list
     return {p: [m for m in msgs if m] for p, msgs in problems.items()}
 
 
-def run_notebooks(parts: list[Part], build: Path, keep_going: bool) -> None:
+def run_notebooks(parts: list[Part], build: Path, keep_going: bool, executor: str | None = None) -> None:
     """Run the parts in order, printing each one's wall time; stop at the first failure unless
-    ``keep_going``."""
+    ``keep_going``. ``executor``: where the notebooks' runs train (see cifarlib.sweep)."""
     width = max(len(p.name) for p in parts)
     (build / RUN_LOG).unlink(missing_ok=True)
     preload()
-    with kernel_env({**KERNEL_ENV, ENV_RUN_LOG: str((build / RUN_LOG).resolve())}):
+    extra = {paths.ENV_EXECUTOR: executor} if executor else {}
+    with kernel_env({**KERNEL_ENV, ENV_RUN_LOG: str((build / RUN_LOG).resolve()), **extra}):
         for part in parts:
             if part.error:  # the preflight found what it needs missing
                 continue
@@ -876,6 +885,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--notebooks", default=str(default_notebooks_dir()), help="notebook folder (default: notebooks/)")
     p.add_argument("--continue-on-error", action="store_true", help="build the other parts when one fails")
     p.add_argument("--no-pdf", action="store_true", help="write the HTML report only")
+    p.add_argument("--executor", default=None, help="where training runs go: local (worker processes, the default) | "
+                   "serial | dask:ADDRESS | submitit:FOLDER")
     return p.parse_args(argv)
 
 
@@ -902,6 +913,10 @@ def cli(argv: list[str]) -> int:
     args.title_page = {name: (str(value) if value not in (None, "") else None) for scope, name, value in overrides
                        if scope in ("all", "report") and name in TITLE_FIELDS}
     overrides = [o for o in overrides if not (o[0] in ("all", "report") and o[1] in TITLE_FIELDS)]
+    if args.executor is not None:
+        from cifarlib.sweep import resolve_executor
+
+        resolve_executor(args.executor)  # a typo fails now, not when the first sweep starts
     plan = plan_parameters(selected, notebooks, shared_parameters(args), overrides)
     problems = preflight(selected, plan, args.profile)
     failing = {p: msgs for p, msgs in problems.items() if msgs}
@@ -919,12 +934,35 @@ def cli(argv: list[str]) -> int:
         print(f"pdf: no {' or '.join(missing_tex())} on PATH: only the HTML report will be written; "
               f"install TeX for the PDF: {TEX_INSTALL}")
     prepare_out(out)
+    with build_lock(out):
+        return build(args, argv, out, nb_dir, notebooks, selected, plan, problems)
+
+
+@contextlib.contextmanager
+def build_lock(out: Path):
+    """One build at a time per output folder: a second one stops at once instead of replacing the
+    first one's files (the lock is released by the system if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(out / ".report.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CifarlibError(f"another report build is writing to {out}; wait for it to finish, or pass "
+                                f"another --out") from None
+        yield
+
+
+def build(args, argv, out, nb_dir, notebooks, selected, plan, problems) -> int:
     announce(notebooks, selected, nb_dir)
     parts = [Part(p, plan[p], error="; ".join(problems[p]) or None) for p in selected]
     for part in parts:
         if part.error:
             print(f"  {part.name}: will not be built: {part.error}")
-    run_notebooks(parts, out / "build", args.continue_on_error)
+    run_notebooks(parts, out / "build", args.continue_on_error, args.executor)
     failed = [p for p in parts if p.error]
     if failed and not args.continue_on_error:
         print(f"error: notebook {failed[0].name} failed: {failed[0].error} "
@@ -932,6 +970,16 @@ def cli(argv: list[str]) -> int:
         return 1
     build_report(parts, args, argv, out, nb_dir)
     return 1 if failed else 0
+
+
+def set_aside_previous(out: Path) -> None:
+    """Move the previous build's report.pdf and report.html into build/previous/, so that a PDF left
+    beside a new HTML (an export that failed or was killed, a build without TeX) is never taken for
+    the new build's."""
+    for name in ("report.pdf", "report.html"):
+        if (out / name).is_file():
+            (out / "build" / "previous").mkdir(parents=True, exist_ok=True)
+            os.replace(out / name, out / "build" / "previous" / name)
 
 
 def build_report(parts: list[Part], args, argv: list[str], out: Path, nb_dir: Path) -> None:
@@ -943,6 +991,7 @@ def build_report(parts: list[Part], args, argv: list[str], out: Path, nb_dir: Pa
     import nbformat
 
     atomic.write_text(out / "build" / "report.ipynb", nbformat.writes(nb))
+    set_aside_previous(out)
     export_html(nb, out / "report.html", nb_dir)
     print(f"  html: {out / 'report.html'} ({time.perf_counter() - start:.1f} s)")
     if args.no_pdf:

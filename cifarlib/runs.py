@@ -5,6 +5,7 @@ CONTRACT (other modules rely on these names; keep them):
     rec = train_or_load(cfg, data=None, data_root=None, runs_dir=None, force=False, progress=None)
         # data: a cifarlib.data.Dataset (loaded from cfg.dataset + data_root when None)
     rec.dir            Path runs/<name>-<hash>/ with config.json history.csv metrics.json model.pt env.json DONE
+                       (DONE, written last, holds the status and the SHA-256 of the five files)
     rec.config         TrainConfig
     rec.history        pandas.DataFrame (columns = train.HISTORY_COLUMNS)
     rec.metrics        dict
@@ -13,8 +14,9 @@ CONTRACT (other modules rely on these names; keep them):
     rec.cached         bool: True when loaded from disk rather than trained now
     rec.finished       bool: the DONE marker is there (interrupted runs are saved without it)
     rec.load_model()   nn.Module with the saved weights (weights_only=True)
-    find_runs(name=None, runs_dir=None) -> list[RunRecord]   finished runs, newest first
-    load_run(path) -> RunRecord
+    find_runs(name=None, runs_dir=None) -> list[RunRecord]   finished runs, newest first (damaged ones skipped)
+    find_finished(cfg, ...) -> RunRecord | None             never trains
+    load_run(path) -> RunRecord ; damage(path) -> str | None (why a finished record cannot be trusted)
     prepare_splits(cfg, data=None, data_root=None) -> Splits   (memoized in-process)
 
 The folder hash covers the config, the data identity (data set + selection + split) and the code
@@ -22,17 +24,22 @@ version: a hash of the code of the engine (train.py, data.py, models/__init__.py
 that defines the run's model (their syntax trees, without comments and docstrings). Editing a
 notebook, the report, a comment, a docstring or another model's module keeps the cache; a change to
 the code that trains this model retrains it.
+
+Many runs at once go through :func:`cifarlib.sweep.run_many`, which calls ``train_or_load`` in its
+workers: the run's lock and the rename of its staging folder make that safe across processes.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime
 import hashlib
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from collections import OrderedDict
@@ -43,11 +50,17 @@ import pandas as pd
 import torch
 from torch import nn
 
+try:
+    import fcntl  # POSIX; elsewhere runs are not locked
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 from cifarlib import atomic, data, models, paths, train
 from cifarlib import cli as cli_
 from cifarlib.errors import CifarlibError
 
-DONE = "DONE"  # completion marker, written last: a folder without it is never taken as finished
+DONE = "DONE"  # completion marker, written last: a folder without it is never taken as finished; it holds
+#               the status and the SHA-256 of every file, so a damaged file is found (older records: status only)
 FILES = ("config.json", "history.csv", "metrics.json", "model.pt", "env.json")
 FINISHED_STATUSES = ("finished", "early_stopped", "diverged")  # outcomes a rerun would reproduce
 PACKAGE = Path(__file__).resolve().parent
@@ -84,7 +97,33 @@ def code_version(model: str | None = None) -> str:
 
 def run_hash(cfg: train.TrainConfig, data_identity: str) -> str:
     key = {"config": cfg.to_dict(), "data": data_identity, "code": code_version(cfg.model)}
+    weights = weights_identity(cfg)
+    if weights is not None:  # only for runs that start from downloaded weights: other keys stay as they were
+        key["weights"] = weights
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+_DIGESTS: dict = {}  # (path, size, mtime) -> sha256: a weights file is hashed once per process
+
+
+def weights_identity(cfg: train.TrainConfig) -> str | None:
+    """What the starting weights of a ``pretrained`` run are: the SHA-256 of the weights file it will
+    read (``weights_path``, else ``$CIFARLIB_RESNET18_WEIGHTS``), or torchvision's checked download;
+    None for a run that starts from random weights. Part of the run key, so that a finished run is not
+    reused after its weights file was replaced."""
+    if not cfg.model_kw.get("pretrained"):
+        return None
+    path = cfg.model_kw.get("weights_path") or os.environ.get(paths.ENV_WEIGHTS)
+    if not path:
+        return "torchvision:ResNet18_Weights.IMAGENET1K_V1"  # torchvision checks the file against its hash
+    try:
+        stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _DIGESTS:
+            _DIGESTS[key] = _sha256(Path(path))
+        return f"sha256:{_DIGESTS[key]}"
+    except OSError:
+        return f"missing:{path}"  # training then stops with the weights loader's one-line error
 
 
 # ---- data for a config ---------------------------------------------------------------------------
@@ -217,30 +256,70 @@ def _device_name(device: torch.device) -> str:
 
 def save_run(run_dir: Path, run: train.Run, build_kw: dict) -> None:
     """Write every file atomically, the DONE marker last (and only for a run a rerun would reproduce).
-    ``build_kw``: the build_model arguments (with the shapes from the data) that load_model uses."""
-    (run_dir / DONE).unlink(missing_ok=True)  # the old marker must not vouch for the new files
-    atomic.write_json(run_dir / "config.json", run.config.to_dict())
-    with atomic.atomic_path(run_dir / "history.csv") as tmp:
-        pd.DataFrame(run.history, columns=train.HISTORY_COLUMNS).to_csv(tmp, index=False)
-    atomic.write_json(run_dir / "metrics.json", {**run.metrics, "model_build_kw": build_kw})
-    with atomic.atomic_path(run_dir / "model.pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in run.model.state_dict().items()}, tmp)
-    atomic.write_json(run_dir / "env.json", _env(run))
-    if run.status in FINISHED_STATUSES:
-        atomic.write_text(run_dir / DONE, run.status + "\n")
+    ``build_kw``: the build_model arguments (with the shapes from the data) that load_model uses.
+    A full disk or another OSError is one line naming the folder (the caller keeps the weights)."""
+    try:
+        (run_dir / DONE).unlink(missing_ok=True)  # the old marker must not vouch for the new files
+        atomic.write_json(run_dir / "config.json", run.config.to_dict())
+        with atomic.atomic_path(run_dir / "history.csv") as tmp:
+            pd.DataFrame(run.history, columns=train.HISTORY_COLUMNS).to_csv(tmp, index=False)
+        atomic.write_json(run_dir / "metrics.json", {**run.metrics, "model_build_kw": build_kw})
+        with atomic.atomic_path(run_dir / "model.pt") as tmp:
+            torch.save({k: v.detach().cpu() for k, v in run.model.state_dict().items()}, tmp)
+        atomic.write_json(run_dir / "env.json", _env(run))
+        if run.status in FINISHED_STATUSES:
+            marker = {"status": run.status, "sha256": {f: _sha256(run_dir / f) for f in FILES}}
+            atomic.write_json(run_dir / DONE, marker)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:160]
+        raise CifarlibError(f"cannot save the run record in {run_dir} ({reason}); free space or pass another "
+                            f"runs_dir/--runs-dir, then run again") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def damage(path) -> str | None:
+    """Why the finished record in ``path`` cannot be trusted (a file that no longer matches the checksum
+    in its DONE marker, or a marker that does not parse), or None when it is intact. Records written
+    before the marker held checksums (a marker that is just a status word) are taken as they are."""
+    path = Path(path)
+    text = (path / DONE).read_text(encoding="utf-8", errors="replace")
+    if text.strip() in FINISHED_STATUSES:
+        return None  # an older marker: the status only
+    try:
+        sums = json.loads(text)["sha256"]
+        if set(sums) != set(FILES):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "its DONE marker is damaged"
+    changed = [f for f in FILES if not (path / f).is_file() or _sha256(path / f) != sums[f]]
+    return f"{', '.join(changed)} changed after the run finished" if changed else None
 
 
 def load_run(path) -> RunRecord:
+    """The record in ``path``; a missing or unreadable file is a one-line CifarlibError naming the folder."""
     path = Path(path)
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise CifarlibError(f"{path} is not a complete run record (missing {', '.join(missing)}); "
                             f"train it again (train_or_load(..., force=True) or `python -m cifarlib run --force`)")
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-    return RunRecord(dir=path, config=train.TrainConfig.from_dict(config),
-                     history=pd.read_csv(path / "history.csv"), metrics=metrics,
-                     env=json.loads((path / "env.json").read_text(encoding="utf-8")),
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        env = json.loads((path / "env.json").read_text(encoding="utf-8"))
+        history = pd.read_csv(path / "history.csv")
+        cfg = train.TrainConfig.from_dict(config)
+    except (ValueError, TypeError, AttributeError, pd.errors.ParserError, CifarlibError) as err:
+        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise CifarlibError(f"damaged run record {path} ({reason}); train it again (train_or_load(..., force=True) "
+                            f"or `python -m cifarlib run --force`)") from None
+    return RunRecord(dir=path, config=cfg, history=history, metrics=metrics, env=env,
                      status=metrics.get("status", "?"), cached=True, finished=is_finished(path))
 
 
@@ -250,49 +329,127 @@ def is_finished(path) -> bool:
 
 
 def find_runs(name: str | None = None, runs_dir=None) -> list[RunRecord]:
-    """Finished runs (optionally of one config name), newest first."""
+    """Finished runs (optionally of one config name), newest first; a damaged record is skipped with a
+    warning that names it."""
     root = paths.runs_dir(runs_dir)
-    dirs = [d for d in root.glob("*-*") if is_finished(d)] if root.is_dir() else []
+    dirs = [d for d in root.glob("*-*") if not d.name.startswith(".") and is_finished(d)] if root.is_dir() else []
     records = []
     for d in sorted(dirs, key=lambda d: (d / DONE).stat().st_mtime, reverse=True):
         try:
+            why = damage(d)
+            if why:
+                raise CifarlibError(f"{why}; train it again with --force")
             records.append(load_run(d))
-        except CifarlibError as err:  # e.g. a record written by an older cifarlib: skip it, don't stop
+        except (CifarlibError, OSError) as err:  # e.g. a record written by an older cifarlib: skip it, don't stop
             print(f"warning: skipping run record {d}: {err}", file=sys.stderr)
     return [r for r in records if name is None or r.config.name == name]
 
 
+def run_dir_of(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None) -> Path:
+    """The folder that holds (or will hold) the run of ``cfg`` on this data with this code."""
+    splits = prepare_splits(cfg, data, data_root)
+    return paths.runs_dir(runs_dir) / f"{cfg.name}-{run_hash(cfg, splits.identity)}"
+
+
+def _usable(run_dir: Path) -> RunRecord | None:
+    """The finished, intact record in ``run_dir``, or None (a damaged one is named in a warning)."""
+    if not is_finished(run_dir):
+        return None
+    try:
+        why = damage(run_dir)
+        if why is None:
+            return load_run(run_dir)
+    except (CifarlibError, OSError) as err:
+        why = str(err)
+    print(f"warning: run record {run_dir} is damaged ({why}); it will be trained again", file=sys.stderr)
+    return None
+
+
 def find_finished(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None) -> RunRecord | None:
     """The finished run of ``cfg`` on this data with this code, or None; never trains."""
-    splits = prepare_splits(cfg, data, data_root)
-    run_dir = paths.runs_dir(runs_dir) / f"{cfg.name}-{run_hash(cfg, splits.identity)}"
-    return _log_use(load_run(run_dir)) if is_finished(run_dir) else None
+    record = _usable(run_dir_of(cfg, data, data_root, runs_dir))
+    return _log_use(record) if record is not None else None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold the lock of ``run_dir`` (a ``.<name>.lock`` file beside it, locked with flock, which the
+    system releases when the process dies): one process at a time trains or replaces a run; another
+    waits here, then finds the run finished."""
+    lock_path = run_dir.parent / f".{run_dir.name}.lock"
+    with open(lock_path, "a+") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting: another process is training {run_dir.name}", file=sys.stderr)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None, force: bool = False,
                   progress: bool | None = None) -> RunRecord:
     """The finished run of ``cfg`` on this data with this code, trained now if there is none.
 
-    An interrupted run (Ctrl-C) is saved with status "interrupted" but without the DONE marker, and
-    then the KeyboardInterrupt is raised again so that a notebook or script stops; the next call
+    The run trains into a hidden staging folder under the run's lock and is published by renaming
+    that folder: a killed process leaves no folder that passes for finished (its staging folder is
+    removed by the next attempt), and two processes asked for the same run train it once. The lock
+    is an flock: on a network file system it needs working locks (NFS with lockd).
+    An interrupted run (Ctrl-C) is published with status "interrupted" but without the DONE marker,
+    and then the KeyboardInterrupt is raised again so that a notebook or script stops; the next call
     trains it again from the start.
     """
     root = atomic.writable_dir(paths.runs_dir(runs_dir), what="run records to",  # before loading data: fail fast
                               remedy=f"pass runs_dir=/--runs-dir or set {paths.ENV_RUNS} to a writable folder")
     splits = prepare_splits(cfg, data, data_root)
     run_dir = root / f"{cfg.name}-{run_hash(cfg, splits.identity)}"
-    if not force and is_finished(run_dir):
-        return _log_use(load_run(run_dir))
-    run_dir.mkdir(exist_ok=True)
-    model = train.build(cfg, splits)
-    run = train.fit(model, splits, cfg, progress=progress)
-    save_run(run_dir, run, train._shape_kwargs(cfg.model, splits) | cfg.model_kw)
+    record = None if force else _usable(run_dir)
+    if record is not None:
+        return _log_use(record)
+    with run_lock(run_dir):
+        record = None if force else _usable(run_dir)  # another process may have finished it while we waited
+        if record is not None:
+            return _log_use(record)
+        for stale in root.glob(f".{run_dir.name}.*"):  # left by killed runs (we hold the lock: nobody uses them)
+            if stale.is_dir() and (fcntl is not None or stale.name.endswith(f"-{os.getpid()}")):
+                shutil.rmtree(stale, ignore_errors=True)
+        stage = root / f".{run_dir.name}.partial-{platform.node()}-{os.getpid()}"
+        stage.mkdir()
+        model = train.build(cfg, splits)
+        run = train.fit(model, splits, cfg, progress=progress)
+        try:
+            save_run(stage, run, train._shape_kwargs(cfg.model, splits) | cfg.model_kw)
+        except CifarlibError as err:
+            err.run = run  # the trained model stays reachable (err.run.model) for a caller that can retry
+            raise
+        if run.status == "interrupted" and is_finished(run_dir):
+            print(f"interrupted: the finished run in {run_dir} is kept (the partial new one is in {stage})",
+                  file=sys.stderr)
+            raise KeyboardInterrupt
+        _publish(stage, run_dir)
     if run.status == "interrupted":
         print(f"interrupted: partial run saved in {run_dir} (not marked finished)", file=sys.stderr)
         raise KeyboardInterrupt
     record = load_run(run_dir)
     record.cached = False
     return _log_use(record)
+
+
+def _publish(stage: Path, run_dir: Path) -> None:
+    """Rename ``stage`` to ``run_dir`` (the caller holds the run's lock); an older folder there is moved
+    aside first and then deleted."""
+    old = None
+    if run_dir.exists():
+        old = run_dir.parent / f".{run_dir.name}.old-{platform.node()}-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(run_dir, old)
+    os.replace(stage, run_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _log_use(record: RunRecord) -> RunRecord:
@@ -322,27 +479,42 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def cli(argv: list[str]) -> int:
-    from cifarlib import experiments
+    from cifarlib import experiments, sweep
 
-    p = cli_.OneLineParser(prog="python -m cifarlib run", description="Train a named experiment, or load its finished run.")
-    p.add_argument("name", help="experiment name (python -m cifarlib experiments lists them)")
+    p = cli_.OneLineParser(prog="python -m cifarlib run",
+                           description="Train named experiments (several seeds each, on an executor), or load "
+                                       "their finished runs.")
+    p.add_argument("names", nargs="+", metavar="NAME", help="experiment name(s) (python -m cifarlib experiments lists them)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (JSON when it parses, else a string); repeatable")
     p.add_argument("--profile", choices=["quick", "full"], default="full")
+    p.add_argument("--seeds", type=int, default=1, help="runs per experiment, with seeds SEED, SEED+1, ... (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="first model seed (default: the experiment's)")
+    p.add_argument("--executor", default=None,
+                   help=f"local | serial | dask:ADDRESS | submitit:FOLDER (default: ${sweep.ENV_EXECUTOR}, else local)")
+    p.add_argument("--workers", type=int, default=None, help="local executor: worker processes (default: one per core)")
+    p.add_argument("--threads", type=int, default=None, help="threads per run (default: the cores shared out)")
     p.add_argument("--data-root", help=f"data set folder (default: ${paths.ENV_DATA} / ${paths.ENV_MNIST})")
     p.add_argument("--runs-dir", help=f"run records folder (default: ${paths.ENV_RUNS}, else ./runs)")
     p.add_argument("--force", action="store_true", help="train even when a finished run exists")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the results")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run with the results")
     args = p.parse_args(argv)
-    cfg = experiments.config_from(args.name, args.profile, parse_sets(args.sets))
-    rec = train_or_load(cfg, data_root=args.data_root, runs_dir=args.runs_dir, force=args.force)
-    summary = rec.summary()
-    if args.json:  # strict JSON: a diverged run's NaN losses become null
-        print(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                          for k, v in summary.items()}))
-    else:
-        how = "cached" if rec.cached else f"trained in {summary['wall_s']:.1f} s"
-        print(f"{summary['name']}: {summary['status']} after {summary['epochs_run']} epochs, "
-              f"test acc {summary['test_acc']:.4f}, val acc {summary['val_acc']:.4f} ({how} on {summary['device']})")
-        print(f"run record: {rec.dir}")
+    sets = parse_sets(args.sets)
+    configs = []
+    for name in dict.fromkeys(args.names):
+        cfg = experiments.config_from(name, args.profile, sets)
+        configs += sweep.seeded(cfg, args.seeds, cfg.seed if args.seed is None else args.seed)
+    records = sweep.run_many(configs, data_root=args.data_root, runs_dir=args.runs_dir, executor=args.executor,
+                             workers=args.workers, threads=args.threads, force=args.force)
+    for rec in records:
+        summary = rec.summary()
+        if args.json:  # strict JSON: a diverged run's NaN losses become null
+            print(json.dumps({**{k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                 for k, v in summary.items()}, "seed": rec.config.seed}))
+        else:
+            how = "cached" if rec.cached else f"trained in {summary['wall_s']:.1f} s"
+            print(f"{summary['name']} (seed {rec.config.seed}): {summary['status']} after {summary['epochs_run']} "
+                  f"epochs, test acc {summary['test_acc']:.4f}, val acc {summary['val_acc']:.4f} "
+                  f"({how} on {summary['device']})")
+            print(f"run record: {rec.dir}")
     return 0

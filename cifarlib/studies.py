@@ -15,28 +15,43 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cifarlib import experiments, plots, runs, tables, train
+from cifarlib import experiments, plots, runs, sweep, tables, train
+from cifarlib.errors import CifarlibError
 
 DIVERGED = "diverged"
 
 
 def run_group(group: Mapping[str, str], profile: str = "full", data=None, data_root=None, runs_dir=None,
-              progress: bool | None = None, **overrides) -> dict[str, runs.RunRecord]:
+              progress: bool | None = None, executor=None, **overrides) -> dict[str, runs.RunRecord]:
     """``{label: run record}``: each experiment of ``group`` (label -> experiment name) trained or loaded
-    with ``overrides`` (e.g. device, seed, epochs) applied to its ``profile`` configuration."""
-    out = {}
-    for label, name in group.items():
-        cfg = experiments.config(name, profile=profile, **overrides)
-        out[label] = runs.train_or_load(cfg, data=data, data_root=data_root, runs_dir=runs_dir, progress=progress)
+    with ``overrides`` (e.g. device, seed, epochs) applied to its ``profile`` configuration, in one sweep."""
+    configs = {label: experiments.config(name, profile=profile, **overrides) for label, name in group.items()}
+    records = _sweep(list(configs.values()), data, data_root, runs_dir, progress, executor)
+    return dict(zip(configs, records))
+
+
+def run_seeds(group: Mapping[str, str], seeds: Sequence[int], profile: str = "full", data=None, data_root=None,
+              runs_dir=None, progress: bool | None = None, executor=None, **overrides) -> dict[str, list[runs.RunRecord]]:
+    """``{label: [run record per seed]}``: every experiment of ``group`` with each model seed of ``seeds``
+    (the split stays fixed), all in one sweep, for ``cifarlib.tables.mean_std_table``. A ``seed`` in
+    ``overrides`` is ignored."""
+    overrides.pop("seed", None)
+    if not len(seeds):
+        raise CifarlibError("seeds is empty; give at least one model seed, e.g. seeds=[0, 1, 2]")
+    configs = [(label, experiments.config(name, profile=profile, **overrides, seed=seed))
+               for seed in seeds for label, name in group.items()]
+    records = _sweep([c for _, c in configs], data, data_root, runs_dir, progress, executor)
+    out: dict = {label: [] for label in group}
+    for (label, _), record in zip(configs, records):
+        out[label].append(record)
     return out
 
 
-def run_seeds(group: Mapping[str, str], seeds: Sequence[int], **kw) -> dict[str, list[runs.RunRecord]]:
-    """``{label: [run record per seed]}``: :func:`run_group` repeated for each model seed (the split stays
-    fixed), for ``cifarlib.tables.mean_std_table``. A ``seed`` in ``kw`` is ignored."""
-    kw = {k: v for k, v in kw.items() if k != "seed"}
-    per_seed = [run_group(group, seed=seed, **kw) for seed in seeds]
-    return {label: [records[label] for records in per_seed] for label in group}
+def _sweep(configs, data, data_root, runs_dir, progress, executor) -> list[runs.RunRecord]:
+    if data is not None and executor is None:
+        executor = "serial"  # an in-memory data set stays in this process
+    return sweep.run_many(configs, data=data, data_root=data_root, runs_dir=runs_dir, executor=executor,
+                          progress=progress)
 
 
 def _status(item) -> str:

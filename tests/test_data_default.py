@@ -338,7 +338,7 @@ def notebooks(tmp_path, home, monkeypatch, stand_in_notebook):
     monkeypatch.setenv(paths.ENV_RUNS, str(tmp_path / "runs"))
     monkeypatch.setenv(paths.ENV_FIGURES, str(tmp_path / "figures"))
     ran = []
-    monkeypatch.setattr(report, "run_notebooks", lambda parts, build, keep_going: ran.append(parts))
+    monkeypatch.setattr(report, "run_notebooks", lambda parts, build, keep_going, executor=None: ran.append(parts))
     monkeypatch.setattr(report, "build_report", lambda *args, **kwargs: None)
     return SimpleNamespace(folder=folder, ran=ran, out=tmp_path / "out")
 

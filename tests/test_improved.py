@@ -15,7 +15,7 @@ from torch import nn
 from cifarlib import ablation, data, evaluation, experiments, runs, train
 from cifarlib.ablation import AblationResult, Change
 from cifarlib.errors import CifarlibError
-from cifarlib.experiments.improved import ABLATION, ABLATION_REFERENCE
+from cifarlib.experiments.improved import LOO, LOO_LABELS, LOO_WHY, LOO_WHY_HURTS
 from cifarlib.models import build_model, count_params
 from cifarlib.models.whitened import PatchWhitening
 
@@ -115,24 +115,30 @@ def test_forward_macs_of_the_table1_network_match_the_hand_count():
 # ---- ablation configs ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("profile", ["full", "quick"])
-@pytest.mark.parametrize("change", ABLATION, ids=lambda c: c.name)
-def test_each_ablation_config_differs_from_the_reference_in_exactly_its_change(change, profile):
-    ref = experiments.config("ablation_reference", profile).to_dict()
-    variant = experiments.config(f"ablation_{change.name}", profile).to_dict()
+@pytest.mark.parametrize("change", LOO, ids=lambda c: c.name)
+def test_each_leave_one_out_config_differs_from_the_reference_in_exactly_its_change(change, profile):
+    ref = experiments.config("loo_reference", profile).to_dict()
+    variant = experiments.config(f"loo_{change.name}", profile).to_dict()
     diff = ablation.config_diff(ref, variant)
     assert {k: v[1] for k, v in diff.items()} == ablation.flatten_config(change.changes)
 
 
-def test_ablation_changes_are_distinct_and_named_once():
-    names = [c.name for c in ABLATION]
-    assert len(set(names)) == len(names)
-    assert len({repr(sorted(ablation.flatten_config(c.changes).items())) for c in ABLATION}) == len(ABLATION)
+def test_leave_one_out_changes_are_distinct_and_named_once_with_labels_and_mechanisms():
+    names = [c.name for c in LOO]
+    assert len(set(names)) == len(names) == len(LOO_LABELS) and set(LOO_WHY) == set(names)
+    assert set(LOO_WHY_HURTS) <= set(names)
+    assert len({repr(sorted(ablation.flatten_config(c.changes).items())) for c in LOO}) == len(LOO)
 
 
-def test_reference_trains_the_table1_network_with_fixed_epochs():
-    cfg = experiments.config("ablation_reference")
-    assert cfg.model == "table1_variant" and cfg.model_kw == {} and cfg.early_stop_patience is None
-    assert ABLATION_REFERENCE["epochs"] == cfg.epochs
+def test_leave_one_out_reference_is_model_a_on_a_short_budget():
+    ref, model_a = experiments.config("loo_reference"), experiments.config("improved_a")
+    shapes = [(k, tuple(v.shape)) for k, v in build_model(ref.model, **ref.model_kw).state_dict().items()]
+    assert shapes == [(k, tuple(v.shape)) for k, v in build_model(model_a.model).state_dict().items()]
+    diff = ablation.config_diff(model_a.to_dict(), ref.to_dict())
+    assert set(diff) == {"model", "model_kw.widths", "model_kw.depth", "model_kw.kernel", "model_kw.bn",
+                         "model_kw.downsample", "model_kw.dropout", "model_kw.hidden", "model_kw.init", "epochs",
+                         "warmup_epochs", "train_per_class", "val_fraction", "train_eval_size"}
+    assert ref.early_stop_patience is None and ref.epochs < model_a.epochs
 
 
 def test_apply_change_merges_model_kw_and_config_diff_ignores_tuple_vs_list():
@@ -144,70 +150,119 @@ def test_apply_change_merges_model_kw_and_config_diff_ignores_tuple_vs_list():
     assert ablation.config_diff({"a": 1}, {"a": 1, "model_kw": {"k": 3}}) == {"model_kw.k": (None, 3)}
 
 
-def _fake(val, test, wall=1.0):
-    return {"final_val_acc": val, "final_test_acc": test, "wall_s": wall}
+# ---- paired statistics ------------------------------------------------------------------------------
+
+def test_paired_ci_matches_a_hand_computation():
+    diffs = [1.2, 0.4, 0.9, 1.5, 0.5]
+    mean = 4.5 / 5  # 0.9
+    sd = math.sqrt(((0.3 ** 2) + (0.5 ** 2) + 0 + (0.6 ** 2) + (0.4 ** 2)) / 4)  # sqrt(0.86 / 4)
+    got_mean, half = ablation.paired_ci(diffs)
+    assert got_mean == pytest.approx(mean) and half == pytest.approx(2.776 * sd / math.sqrt(5), rel=1e-4)
+    assert half == pytest.approx(0.5757, abs=1e-3)
+    assert math.isnan(ablation.paired_ci([2.0])[1])
+    with pytest.raises(CifarlibError, match="no paired differences"):
+        ablation.paired_ci([])
 
 
-def _three_changes() -> AblationResult:
-    """A reference at 61 % val (two seeds) and changes a (-6), b (+9), c (0 points)."""
-    return AblationResult(reference=[_fake(0.60, 0.58), _fake(0.62, 0.60)],
-                          variants={"a": _fake(0.55, 0.70), "b": _fake(0.70, 0.50), "c": _fake(0.61, 0.59)},
-                          changes=[Change("a", "A", {}), Change("b", "B", {}), Change("c", "C", {})])
+def test_t_quantiles_are_students():
+    assert ablation.t975(1) == pytest.approx(12.706) and ablation.t975(4) == pytest.approx(2.776)
+    assert ablation.t975(60) == pytest.approx(2.000, abs=2e-3) and ablation.t975(1000) == pytest.approx(1.962, abs=1e-3)
+    with pytest.raises(CifarlibError):
+        ablation.t975(0)
 
 
-def test_delta_table_sorts_by_validation_gain_against_the_reference_mean():
-    result = _three_changes()
-    table = ablation.delta_table(result)
-    assert list(table["change"]) == ["b", "c", "a"]
-    assert table["Δ val (pts)"].tolist() == pytest.approx([9.0, 0.0, -6.0])
-    assert table["Δ test (pts)"].tolist() == pytest.approx([-9.0, 0.0, 11.0])
-    ref = ablation.reference_accuracy(result)
-    assert ref["runs"] == 2 and ref["val_std"] == pytest.approx(math.sqrt(2) * 1.0)
-    assert [ablation.verdict(d, 1.0) for d in table["Δ val (pts)"]] == ["helped", "within noise", "hurt"]
+def _run(val, test, seed):
+    return {"final_val_acc": val, "final_test_acc": test, "seed": seed}
 
 
-def test_discussion_is_built_from_the_table_and_says_when_the_data_cannot_tell():
-    table = ablation.delta_table(_three_changes())  # b +9, c 0, a -6 points
-    ref = ablation.reference_accuracy(_three_changes())
-    labels, why = {"a": "alpha", "b": "beta"}, {"b": "Beta helps because.", "a": "Alpha hurts because."}
-    sharp = ablation.discussion(table, ref, 1.0, labels, why)
-    assert "Outside the band, beta (+9.0 points) helped." in sharp and "Alpha (−6.0 points) hurt." in sharp
-    assert "The other change stays inside it." in sharp and "hint, not a result" not in sharp
-    assert "- **Beta** (+9.0): Beta helps because." in sharp and "- **Alpha** (−6.0): Alpha hurts because." in sharp
-    blunt = ablation.discussion(table, ref, 10.0, labels, why)
-    assert "None of the 3 changes moves the validation accuracy outside this band" in blunt
-    assert "hint, not a result" in blunt
-    alone = ablation.discussion(table, {**ref, "runs": 1}, 0.0, labels, why)
-    assert "no measure of the run-to-run noise" in alone and "helped" not in alone
+def _result() -> AblationResult:
+    """Reference seeds 0-2 at 80/81/82 % val. Without a: 5 points worse each seed (helps). Without b:
+    about 1 point better (hurts). Without c: +-3 points (cannot tell). d ran one seed only."""
+    ref = [_run(0.80 + k / 100, 0.79, k) for k in range(3)]
+    return AblationResult(ref, {
+        "a": [_run(0.75 + k / 100, 0.74, k) for k in range(3)],
+        "b": [_run(0.81 + k / 100 + e, 0.80, k) for k, e in enumerate((0.0, 0.001, -0.001))],
+        "c": [_run(0.80 + k / 100 + e, 0.79, k) for k, e in enumerate((0.03, -0.03, 0.0))],
+        "d": [_run(0.70, 0.70, 7), _run(0.79, 0.78, 0)]},  # seed 7 has no reference: left out
+        [Change(n, n.upper(), {}) for n in "abcd"])
 
 
-def test_delta_table_can_score_runs_at_their_lowest_validation_loss():
-    def run(final, best, epoch):
-        return {**_fake(final, final), "best_val_acc": best, "best_test_acc": best, "best_epoch": epoch}
+def test_paired_effects_pairs_by_seed_ranks_and_gives_verdicts():
+    table = ablation.paired_effects(_result())
+    assert list(table["change"]) == ["a", "d", "c", "b"]
+    rows = table.set_index("change")
+    assert rows.loc["a", "contribution (val, points)"] == pytest.approx(5.0)
+    assert rows.loc["a", "ci low"] == pytest.approx(5.0) and rows.loc["a", "verdict"] == "helps"  # no spread
+    assert rows.loc["b", "contribution (val, points)"] == pytest.approx(-1.0) and rows.loc["b", "verdict"] == "hurts"
+    assert rows.loc["c", "verdict"] == "cannot tell" and rows.loc["c", "ci low"] < 0 < rows.loc["c", "ci high"]
+    assert rows.loc["d", "runs"] == 1 and rows.loc["d", "verdict"] == "cannot tell" and math.isnan(rows.loc["d", "ci low"])
+    assert rows.loc["a", "contribution (test, points)"] == pytest.approx(5.0)
+    assert rows.loc["a", "val acc without (%)"] == pytest.approx(76.0)
 
-    result = AblationResult([run(0.40, 0.60, 4.0)], {"a": run(0.70, 0.70, 5.0), "b": run(0.30, 0.65, 3.0)},
-                            [Change("a", "A", {}), Change("b", "B", {})])
-    final, best = ablation.delta_table(result), ablation.delta_table(result, prefix="best")
-    assert list(final["change"]) == ["a", "b"] and final["Δ val (pts)"].tolist() == pytest.approx([30.0, -10.0])
-    assert best["Δ val (pts)"].tolist() == pytest.approx([10.0, 5.0]) and best["epoch"].tolist() == [5.0, 3.0]
-    assert ablation.reference_accuracy(result, "best")["test_mean"] == pytest.approx(60.0)
+
+def test_the_discussion_names_exactly_what_the_intervals_show():
+    result = _result()
+    table, ref = ablation.paired_effects(result), ablation.reference_accuracy(result)
+    labels, why = {"a": "alpha", "b": "beta", "c": "gamma", "d": "delta"}, {"a": "Alpha because.", "b": "Beta because.",
+                                                                            "c": "Gamma because."}
+    text = ablation.discussion(table[table["change"] != "d"], ref, labels, why)
+    assert ("The largest estimated contribution among the ingredients shown to help is that of alpha "
+            "(+5.00 points, 95 % CI +5.00 to +5.00 points).") in text
+    assert "Removing beta (−1.00 points, 95 % CI" in text and "gives a better model on this budget" in text
+    c = table.set_index("change").loc["c"]
+    assert f"For gamma (95 % CI {c['ci low']:+.2f} to {c['ci high']:+.2f} points".replace("-", "−") in text
+    assert "the data cannot tell: its interval includes zero." in text
+    assert "- **Alpha** (+5.00 points): Alpha because." in text and "Beta because." not in text
+    hurt = ablation.discussion(table[table["change"] != "d"], ref, labels, why, {"b": "Beta costs because."})
+    assert "- **Beta** (−1.00 points): Beta costs because." in hurt
+    assert "Gamma because." not in text  # no mechanism offered for an effect that was not shown
+    assert "averaged over 3 seeds" in text and "one case in twenty" in text
+    one = ablation.discussion(table[table["change"] == "d"], ref, labels, why)
+    assert "Delta ran with one seed" in one and "nothing is claimed about it" in one and "helps" not in one
+    mixed = ablation.discussion(table, ref, labels, why)
+    assert "averaged over 1 to 3 seeds" in mixed and "Delta ran with one seed" in mixed and "alpha (+5.00" in mixed
 
 
-def test_single_reference_run_has_zero_spread_and_missing_metrics_are_an_error():
-    result = AblationResult([_fake(0.5, 0.5)], {"a": {"wall_s": 1}}, [Change("a", "A", {})])
-    assert ablation.reference_accuracy(result)["val_std"] == 0
+def test_several_hurting_ingredients_are_each_said_to_hurt_on_their_own():
+    result = _result()
+    result.variants["c"] = [_run(0.82 + k / 100, 0.80, k) for k in range(3)]  # 2 points better each seed
+    text = ablation.discussion(ablation.paired_effects(result), ablation.reference_accuracy(result))
+    assert "Removing b (−1.00 points" in text and " or c (−2.00 points" in text and "(each on its own)" in text
+
+
+def test_missing_metrics_and_unpaired_changes_are_errors():
+    result = AblationResult([_run(0.5, 0.5, 0)], {"a": [{"seed": 0}]}, [Change("a", "A", {})])
     with pytest.raises(CifarlibError, match="final_val_acc"):
-        ablation.delta_table(result)
+        ablation.paired_effects(result)
+    result = AblationResult([_run(0.5, 0.5, 0)], {"a": [_run(0.5, 0.5, 1)]}, [Change("a", "A", {})])
+    with pytest.raises(CifarlibError, match="shares no seed"):
+        ablation.paired_effects(result)
 
 
-def test_plot_deltas_draws_one_bar_pair_per_change():
-    result = AblationResult([_fake(0.6, 0.6)], {"a": _fake(0.7, 0.6), "b": _fake(0.5, 0.6)},
-                            [Change("a", "A", {}), Change("b", "B", {})])
-    fig = ablation.plot_deltas(ablation.delta_table(result), noise=0.5)
-    assert len(fig.axes[0].patches) == 2 * 2 + 1  # bars + noise band
+def test_plot_effects_draws_one_bar_per_change_with_intervals():
+    table = ablation.paired_effects(_result())
+    fig = ablation.plot_effects(table)
     ax = fig.axes[0]
+    assert len(ax.patches) == 4
     height = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks())}
-    assert height["a"] > height["b"]  # the best change at the top
+    assert height["a"] > height["b"]  # the largest contribution at the top
+    assert [p.get_facecolor()[:3] for p in ax.patches][0] != [p.get_facecolor()[:3] for p in ax.patches][2]
+
+
+def test_run_paired_trains_reference_and_variants_with_the_same_seeds(tmp_path, monkeypatch):
+    changes = [Change("x", "X", {})]
+    monkeypatch.setattr(experiments, "_EXPERIMENTS", dict(experiments._EXPERIMENTS))  # registered for this test only
+    experiments.register("pairtest_reference", "test", part="improved", **TINY_SYNTHETIC)
+    experiments.register("pairtest_x", "test", part="improved", **{**TINY_SYNTHETIC, "lr": 3e-3})
+    result = ablation.run_paired(changes, reference="pairtest_reference", prefix="pairtest", seeds=2, seed=3,
+                                 runs_dir=tmp_path, executor="serial")
+    assert [r.config.seed for r in result.reference] == [3, 4] == [r.config.seed for r in result.variants["x"]]
+    assert result.variants["x"][0].config.lr == pytest.approx(3e-3)
+    assert len(ablation.paired_effects(result)) == 1
+
+
+TINY_SYNTHETIC = dict(dataset="synthetic", model="table1_variant", epochs=1, batch_size=64, optimizer="adam", lr=1e-3,
+                      train_per_class=20, test_per_class=10, train_eval_size=50, device="cpu")
 
 
 # ---- evaluation helpers on a tiny synthetic run -------------------------------------------------

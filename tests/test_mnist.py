@@ -2,6 +2,8 @@
 1x28x28 images, and the comparison table's handling of a diverged run."""
 
 import pytest
+
+from cifarlib.errors import CifarlibError
 import torch
 
 from cifarlib import data, experiments, studies, tables, train
@@ -126,6 +128,11 @@ def test_run_group_trains_once_then_reads_the_records(tmp_path):
     assert (first.cached, again.cached) == (False, True) and again.dir == first.dir
     assert again.status == "finished" and len(again.history) == 3  # quick: 3 full batches of 128 of the 450 digits, an evaluation after each
     assert studies.comparison_table({"small net": again}).loc[0, "params"] == f"{first.metrics['params']:,}"
+
+
+def test_an_empty_seed_list_is_refused_before_anything_trains(tmp_path):
+    with pytest.raises(CifarlibError, match="seeds is empty"):
+        studies.run_seeds({"small net": "mnist_small"}, seeds=[], runs_dir=tmp_path)
 
 
 def test_run_seeds_groups_one_record_per_seed(tmp_path):

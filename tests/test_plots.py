@@ -97,8 +97,10 @@ def _figures():
                                   labels=torch.randint(0, 10, (n,), generator=gen), preds=probs.argmax(1),
                                   probs=probs, classes=classes)
     runs = {"learning rate 0.1": _Rec(), "learning rate 0.01": _Rec(), "learning rate 0.0001": _Rec()}
-    deltas = pd.DataFrame({"change": [f"change {k}" for k in range(14)], "Δ val (pts)": np.linspace(4, -4, 14),
-                           "Δ test (pts)": np.linspace(3.5, -4.5, 14)})
+    mean = np.linspace(6, -1, 10)
+    effects = pd.DataFrame({"change": [f"change {k}" for k in range(10)], "contribution (val, points)": mean,
+                            "ci low": mean - 0.8, "ci high": mean + 0.8,
+                            "verdict": ["helps" if m > 0.8 else "hurts" if m < -0.8 else "cannot tell" for m in mean]})
     image = torch.rand(3, 256, 256, generator=gen)
     yield "curves", plots.plot_curves(_Rec().history, "loss", title="Table-1 baseline: cross-entropy loss")
     yield "loss and accuracy", plots.plot_loss_and_accuracy(_Rec(8, 4).history, "Main configuration", x="examples_seen")
@@ -108,7 +110,7 @@ def _figures():
     yield "confusion", plots.plot_confusion(np.random.default_rng(0).integers(0, 900, (10, 10)), classes)
     yield "gallery", evaluation.plot_misclassified(pred)
     yield "conv by hand", theory.plot_conv_by_hand(theory.CONV_IMAGE, theory.SOBEL_KERNEL, padding=1)
-    yield "ablation", ablation.plot_deltas(deltas, noise=5.5)
+    yield "ablation", ablation.plot_effects(effects.assign(change=[f"ingredient {k}" for k in range(10)]))
     for pretrained in (True, False):
         yield "activations", visualize.plot_activations(image, torch.randn(1, 64, 128, 128, generator=gen),
                                                         title="conv1 activations, CIFAR-10 test image 3 (cat)",

@@ -171,6 +171,34 @@ def test_unknown_notebook_in_only(nb_dir, capsys):
     assert_one_line_error(code, err, "'07'", "--only", "01_alpha, 02_beta")
 
 
+def test_only_that_names_no_notebook(nb_dir, capsys):
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--only", ",")
+    assert_one_line_error(code, err, "--only ','", "names no notebook")
+
+
+def test_a_notebook_that_is_not_json_is_named(nb_dir, capsys):
+    (nb_dir / "03_broken.ipynb").write_text("{ this is not json")
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir)
+    assert_one_line_error(code, err, "03_broken.ipynb", "not a readable notebook")
+
+
+def test_a_second_build_into_the_same_folder_stops_at_once(nb_dir, isolated, capsys):
+    import fcntl
+
+    out = isolated / "out"
+    out.mkdir()
+    with open(out / ".report.lock", "a+") as held:  # a build in progress
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--only", "01", "--out", out, "--no-pdf")
+    assert_one_line_error(code, err, "another report build is writing to", "--out")
+    assert not (out / "report.html").exists()
+
+
+def test_unknown_executor_fails_before_anything_runs(nb_dir, capsys):
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--executor", "slurm")
+    assert_one_line_error(code, err, "unknown executor 'slurm'")
+
+
 def test_unknown_parameter_for_a_notebook(nb_dir, capsys):
     code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--param", "01_alpha:epochs=3")
     assert_one_line_error(code, err, "01_alpha", "'epochs'", "points")
@@ -283,6 +311,15 @@ def test_missing_tex_is_one_line_and_html_is_still_written(nb_dir, isolated, cap
     assert not (isolated / "out" / "report.pdf").exists()
 
 
+def test_an_old_pdf_never_stays_beside_a_new_html(nb_dir, isolated, capsys, monkeypatch):
+    out = isolated / "out"
+    (out / "build").mkdir(parents=True)
+    (out / "report.pdf").write_text("the PDF of an earlier build")
+    code, _, _ = run_cli(capsys, "--notebooks", nb_dir, "--only", "01", "--out", out, "--no-pdf")
+    assert code == 0 and (out / "report.html").is_file() and not (out / "report.pdf").exists()
+    assert (out / "build" / "previous" / "report.pdf").read_text() == "the PDF of an earlier build"
+
+
 # ---- assembly details (no kernel) -----------------------------------------------------------------
 
 def test_provenance_row_from_a_run_record():
@@ -341,7 +378,7 @@ def test_table_title_becomes_the_pandoc_caption_so_it_stays_with_its_table():
 
 def test_title_fields_go_to_the_title_page_not_the_notebooks(nb_dir, isolated, monkeypatch):
     seen = {}
-    monkeypatch.setattr(report, "run_notebooks", lambda parts, build, keep: seen.update(params=[p.params for p in parts]))
+    monkeypatch.setattr(report, "run_notebooks", lambda parts, build, keep, executor=None: seen.update(params=[p.params for p in parts]))
     monkeypatch.setattr(report, "build_report", lambda parts, args, argv, out, nb: seen.update(info=report.build_info(args, argv)))
     report.cli(["--notebooks", str(nb_dir), "--out", str(isolated / "out"), "--no-pdf",
                 "--param", "author=A. Student", "--param", "course=TDT4265"])
@@ -514,7 +551,7 @@ def offline_machine(tmp_path, isolated, monkeypatch, stand_in_notebook):
     stand_in_notebook(folder / "02_cifar.ipynb", 'profile = "full"\ndata_root = None')
     stand_in_notebook(folder / "03_transfer.ipynb", 'profile = "full"\ndata_root = None\npretrained = None\nweights_path = None')
     ran = []
-    monkeypatch.setattr(report, "run_notebooks", lambda parts, build, keep: ran.append(
+    monkeypatch.setattr(report, "run_notebooks", lambda parts, build, keep, executor=None: ran.append(
         [p.name for p in parts if not p.error]))
     monkeypatch.setattr(report, "build_report", lambda parts, *a: ran.append([p.name for p in parts if p.error]))
     return SimpleNamespace(folder=folder, ran=ran, asked=asked, out=tmp_path / "out")

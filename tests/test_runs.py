@@ -101,8 +101,9 @@ def test_a_run_without_the_done_marker_is_never_taken_as_finished(ds, tmp_path):
     assert not again.cached and again.finished
 
 
-def test_a_crash_between_files_leaves_no_finished_run(ds, tmp_path, monkeypatch):
+def test_a_crash_while_saving_keeps_the_old_run_and_leaves_nothing_that_passes_for_finished(ds, tmp_path, monkeypatch):
     rec = runs.train_or_load(tiny(), data=ds, runs_dir=tmp_path, progress=False)
+    before = (rec.dir / "model.pt").read_bytes()
 
     def killed(*args, **kwargs):
         raise SystemExit("killed while writing model.pt")
@@ -110,11 +111,37 @@ def test_a_crash_between_files_leaves_no_finished_run(ds, tmp_path, monkeypatch)
     monkeypatch.setattr(runs.torch, "save", killed)
     with pytest.raises(SystemExit):  # a forced retrain of a finished run dies half-way through saving
         runs.train_or_load(tiny(), data=ds, runs_dir=tmp_path, force=True, progress=False)
-    assert (rec.dir / "metrics.json").exists() and not (rec.dir / runs.DONE).exists()
-    assert not runs.is_finished(rec.dir) and runs.find_runs(runs_dir=tmp_path) == []
-    assert not list(rec.dir.glob(".*.tmp"))  # no temporary file left behind
+    assert runs.is_finished(rec.dir) and (rec.dir / "model.pt").read_bytes() == before  # the old run is intact
+    (stage,) = tmp_path.glob(".*.partial-*")  # the half-written new one is hidden and unfinished
+    assert not runs.is_finished(stage) and [r.dir for r in runs.find_runs(runs_dir=tmp_path)] == [rec.dir]
     monkeypatch.undo()
-    assert not runs.train_or_load(tiny(), data=ds, runs_dir=tmp_path, progress=False).cached
+    again = runs.train_or_load(tiny(), data=ds, runs_dir=tmp_path, force=True, progress=False)
+    assert not again.cached and not list(tmp_path.glob(".*.partial-*")) and not list(again.dir.glob(".*.tmp"))
+
+
+def test_ctrl_c_in_a_forced_retrain_keeps_the_finished_run(ds, tmp_path, monkeypatch):
+    rec = runs.train_or_load(tiny(epochs=2), data=ds, runs_dir=tmp_path, progress=False)
+    before = (rec.dir / "model.pt").read_bytes()
+    real_step = train.train_step
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        runs.train_or_load(tiny(epochs=2), data=ds, runs_dir=tmp_path, force=True, progress=False)
+    assert runs.is_finished(rec.dir) and runs.damage(rec.dir) is None
+    assert (rec.dir / "model.pt").read_bytes() == before
+    monkeypatch.setattr(train, "train_step", real_step)
+
+
+@pytest.mark.parametrize("marker", ["", "garbage", '{"sha256": {}}', '{"sha256": ["model.pt"]}'])
+def test_a_done_marker_that_vouches_for_nothing_is_damaged(ds, tmp_path, marker):
+    rec = runs.train_or_load(tiny(), data=ds, runs_dir=tmp_path, progress=False)
+    (rec.dir / runs.DONE).write_text(marker)
+    assert runs.damage(rec.dir) == "its DONE marker is damaged"
+    (rec.dir / runs.DONE).write_text("finished\n")  # the marker of records made before checksums
+    assert runs.damage(rec.dir) is None
 
 
 def test_ctrl_c_saves_the_partial_run_unfinished_and_stops(ds, tmp_path, monkeypatch):
@@ -129,7 +156,7 @@ def test_ctrl_c_saves_the_partial_run_unfinished_and_stops(ds, tmp_path, monkeyp
     monkeypatch.setattr(train, "train_step", step_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         runs.train_or_load(tiny(epochs=3), data=ds, runs_dir=tmp_path, progress=False)
-    (run_dir,) = tmp_path.iterdir()
+    (run_dir,) = [d for d in tmp_path.iterdir() if not d.name.startswith(".")]
     partial = runs.load_run(run_dir)
     assert partial.status == "interrupted" and not partial.finished and len(partial.history) == 1
     monkeypatch.undo()

@@ -281,6 +281,15 @@ def test_bench_runs_on_synthetic_data_and_reports_speedup(capsys, monkeypatch):
     assert out[-1].startswith("speedup: ") and out[-1].endswith("x") and float(out[-1][9:-1]) > 0
 
 
+@pytest.mark.slow
+def test_bench_sweep_times_serial_and_local_side_by_side(capsys, monkeypatch):
+    monkeypatch.delenv("CIFARLIB_DATA", raising=False)
+    assert cli.main(["bench", "--sweep", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("sweep: 2 runs of Model A") and "serial (1 process" in out[1] and "local (" in out[2]
+    assert out[-1].startswith("local executor speedup over serial: ") and float(out[-1].split()[-1][:-1]) > 0
+
+
 def test_warm_up_never_exceeds_the_peak_learning_rate():
     for cfg, steps in ((tiny(lr=0.1, scheduler="onecycle", epochs=3), 1), (tiny(lr=0.1, warmup_epochs=0.5), 781)):
         peak = max(train.lr_at(cfg, s, steps) for s in range(cfg.epochs * steps))
@@ -299,11 +308,26 @@ def test_a_last_batch_of_one_image_is_dropped_so_batch_norm_can_train():
 @pytest.mark.parametrize("args, message", [
     (["bench", "--device", "gpu0"], "unknown device 'gpu0'"),
     (["run", "baseline", "--set", "profile=quick"], "unknown config key(s) profile"),
+    (["bench", "--threads", "0", "--device", "cpu"], "--threads must be at least 1, got 0"),
+    (["bench", "--threads", "-3", "--device", "cpu"], "--threads must be at least 1, got -3"),
+    (["bench", "--batch-size", "100000", "--steps", "1", "--device", "cpu"], "--batch-size 100000 is larger than"),
 ])
 def test_cli_bad_device_and_clashing_set_keys_are_one_line_errors(args, message, capsys):
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_output_piped_into_a_reader_that_stops_is_not_a_traceback(monkeypatch):
+    import os
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`| head`) has gone
+    stdout = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert cli.main(["experiments"]) == 0
+    stdout.close()
 
 
 def test_lookahead_blends_a_slow_copy_with_a_decay_that_grows_cubically():

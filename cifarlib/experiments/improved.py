@@ -6,9 +6,8 @@
   start as identities, batch 1024, the same kind of recipe tuned for a short run (BN shifts with a
   64x learning rate, label smoothing 0.2, mirrored-edge crops, alternating flips, lookahead), and
   test-time flip averaging.
-- ``ablation_reference`` and ``ablation_<change>``: the Table-1 network trained as the assignment
-  trains it (plain SGD, lr 0.05, batch 64, no augmentation, a fixed number of epochs, no early
-  stopping), and one variant per entry of :data:`ABLATION`, each differing from it in one respect.
+- ``loo_reference`` and ``loo_<change>``: Model A's network and recipe on a short budget, and one
+  variant per entry of :data:`LOO`, each without one ingredient (Task 2(e)'s leave-one-out ablation).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ EPOCHS = 10  # the assignment's budget for the improved models
 
 # Quick profile (nbval, CI): 100 images per class for one epoch; exercises the code, learns little.
 QUICK = dict(train_per_class=100, test_per_class=20, epochs=1, train_eval_size=200)
-QUICK_ABLATION = dict(train_per_class=20, test_per_class=10, epochs=1, train_eval_size=100)
+QUICK_ABLATION = dict(train_per_class=20, test_per_class=10, epochs=1, train_eval_size=100, warmup_epochs=0.3)
 
 IMPROVED_A = dict(
     model="improved_a",
@@ -68,45 +67,41 @@ register("improved_a", "Model A: Table-1 layout with 2x(conv3x3-BN-ReLU) per sta
 register("improved_b", "Model B: patch-whitening stem, conv groups 64/384/384 (identity init), batch 1024 SGD "
          "one-cycle, lookahead, mirrored crop + alternating flip, flip TTA", part="improved", quick=QUICK, **IMPROVED_B)
 
-# ---- ablation -----------------------------------------------------------------------------------
+# ---- leave-one-out from Model A (Task 2(e)) -----------------------------------------------------
+# Model A's recipe on a short budget: 15,000 training images for 2 epochs, validated on 5,000 held-out
+# images (the 20,000-image per-class subset split 3:1). Every variant removes one ingredient and runs with
+# the same seeds as the reference, so each change is measured as paired differences (see ablation.paired_effects).
 
-ABLATION_REFERENCE = dict(
-    model="table1_variant",  # with no switches set: exactly the Table-1 network
-    model_kw={},
-    epochs=EPOCHS,  # the notebook may shorten every ablation run alike (ablation_epochs)
-    batch_size=64,
-    optimizer="sgd",
-    lr=0.05,
-    momentum=0.0,
-    weight_decay=0.0,
-    scheduler="none",
-    crop_pad=0,
-    flip=False,
-    early_stop_patience=None,  # every variant gets the same number of epochs
+from cifarlib.models.cifar import IMPROVED_A as _A_SWITCHES  # noqa: E402
+
+LOO_REFERENCE = dict(
+    IMPROVED_A,
+    model="table1_variant",
+    model_kw={k: list(v) if isinstance(v, tuple) else v for k, v in _A_SWITCHES.items()},  # Model A's network
+    epochs=2,
+    warmup_epochs=0.6,  # 30 % of the run (Model A: 2 of 10 epochs, 20 %; a short run needs a longer share)
+    train_per_class=2000,  # 20,000 images, split 3:1 into training and validation
+    val_fraction=0.25,
+    train_eval_size=1000,
 )
-
-ABLATION = [
-    Change("adam", "optimizer Adam (lr 1e-3) instead of SGD (lr 0.05)", {"optimizer": "adam", "lr": 1e-3}),
-    Change("momentum", "SGD momentum 0.9, lr 0.005 (same effective step lr/(1-m))", {"momentum": 0.9, "lr": 0.005}),
-    Change("batchnorm", "batch norm after every conv and the hidden dense layer", {"model_kw": {"bn": True}}),
-    Change("augment", "random crop (pad 4) + horizontal flip", {"crop_pad": 4, "flip": True}),
-    Change("wider", "twice the filters: 64/128/256", {"model_kw": {"widths": [64, 128, 256]}}),
-    Change("deeper", "two convs per stage (6 conv layers)", {"model_kw": {"depth": 2}}),
-    Change("kernel3", "3x3 filters instead of 5x5", {"model_kw": {"kernel": 3}}),
-    Change("strided", "stride-2 convs instead of max-pooling", {"model_kw": {"downsample": "stride"}}),
-    Change("dropout", "dropout 0.3 on the classifier inputs", {"model_kw": {"dropout": 0.3}}),
-    Change("weight_decay", "L2 weight decay 5e-4", {"weight_decay": 5e-4}),
-    Change("xavier", "Xavier (Glorot) uniform init", {"model_kw": {"init": "xavier"}}),
-    Change("kaiming", "Kaiming (He) normal init", {"model_kw": {"init": "kaiming"}}),
-    Change("label_smoothing", "label smoothing 0.1", {"label_smoothing": 0.1}),
-    Change("onecycle", "one-cycle lr schedule (peak 0.05)", {"scheduler": "onecycle"}),
+LOO = [
+    Change("bn", "no batch normalization", {"model_kw": {"bn": False}}),
+    Change("pairs", "one 5×5 convolution per stage instead of two 3×3", {"model_kw": {"depth": 1, "kernel": 5}}),
+    Change("kaiming", "PyTorch's default initialization instead of Kaiming's", {"model_kw": {"init": "default"}}),
+    Change("momentum", "no momentum (plain SGD at the same learning rate, so steps about 10× smaller)",
+           {"momentum": 0.0, "nesterov": False}),
+    Change("onecycle", "no annealing: the same warm-up, then a constant learning rate", {"scheduler": "none"}),
+    Change("weight_decay", "no weight decay", {"weight_decay": 0.0}),
+    Change("label_smoothing", "no label smoothing", {"label_smoothing": 0.0}),
+    Change("crops", "no random crops", {"crop_pad": 0}),
+    Change("flips", "no random flips", {"flip": False}),
+    Change("tta", "no test-time flip averaging", {"tta_flip": False}),
 ]
-
-register("ablation_reference", "Ablation reference: Table-1 CNN, SGD lr 0.05, batch 64, no augmentation, "
-         "fixed epochs", part="improved", quick=QUICK_ABLATION, **ABLATION_REFERENCE)
-for _change in ABLATION:
-    register(f"ablation_{_change.name}", f"Ablation: reference with {_change.description}", part="improved",
-             quick=QUICK_ABLATION, **apply_change(ABLATION_REFERENCE, _change.changes))
+register("loo_reference", "Leave-one-out reference: Model A's network and recipe, 2 epochs on 15,000 images",
+         part="improved", quick=QUICK_ABLATION, **LOO_REFERENCE)
+for _change in LOO:
+    register(f"loo_{_change.name}", f"Leave-one-out: Model A's recipe with {_change.description}", part="improved",
+             quick=QUICK_ABLATION, **apply_change(LOO_REFERENCE, _change.changes))
 
 
 # ---- notebook helpers ---------------------------------------------------------------------------
@@ -191,57 +186,67 @@ def best_model(records: dict) -> str:
 
 
 def task2_records(profile: str = "full", seed: int = 0, seeds: int = 3, epochs: int | None = None,
-                  device: str | None = None, data_root=None, runs_dir=None, train: bool = True) -> dict:
+                  device: str | None = None, data_root=None, runs_dir=None, train: bool = True,
+                  executor=None) -> dict:
     """``{label: [run record per seed]}`` of both models as Task 2 trains them (the quick profile
-    runs one seed). With ``train=False`` nothing is trained: a model without all its finished runs
-    is left out."""
-    from cifarlib import ablation, experiments, runs
+    runs one seed), all runs in one sweep on ``executor``. With ``train=False`` nothing is trained: a
+    model without all its finished runs is left out."""
+    from cifarlib import experiments, runs, sweep
 
     n = 1 if profile == "quick" else seeds
     knobs = overrides(profile, epochs, device)
+    configs = {label: sweep.seeded(experiments.config(name, profile, **knobs), n, seed) for label, name in MODELS.items()}
     if train:
-        return {label: ablation.train_seeds(name, profile=profile, seeds=n, seed=seed, data_root=data_root,
-                                            runs_dir=runs_dir, **knobs) for label, name in MODELS.items()}
-    found = {label: [runs.find_finished(experiments.config(name, profile, **{**knobs, "seed": seed + k}),
-                                        data_root=data_root, runs_dir=runs_dir) for k in range(n)]
-             for label, name in MODELS.items()}
+        records = iter(sweep.run_many([c for cfgs in configs.values() for c in cfgs], data_root=data_root,
+                                      runs_dir=runs_dir, executor=executor))
+        return {label: [next(records) for _ in cfgs] for label, cfgs in configs.items()}
+    found = {label: [runs.find_finished(c, data_root=data_root, runs_dir=runs_dir) for c in cfgs]
+             for label, cfgs in configs.items()}
     return {label: recs for label, recs in found.items() if all(recs)}
 
 
-# ---- Task 2(e): names and mechanisms of the ablation's changes ------------------------------------
+# ---- Task 2(e): names and mechanisms of the ingredients ---------------------------------------------
 
-ABLATION_LABELS = {
-    "adam": "Adam", "momentum": "momentum", "batchnorm": "batch normalization", "augment": "crops and flips",
-    "wider": "twice the filters", "deeper": "two convolutions per stage", "kernel3": "3×3 kernels",
-    "strided": "strided convolutions", "dropout": "dropout", "weight_decay": "weight decay",
-    "xavier": "Xavier initialization", "kaiming": "Kaiming initialization", "label_smoothing": "label smoothing",
-    "onecycle": "one-cycle schedule",
+LOO_LABELS = {
+    "bn": "batch normalization", "pairs": "pairs of 3×3 convolutions", "kaiming": "Kaiming initialization",
+    "momentum": "Nesterov momentum", "onecycle": "learning-rate annealing", "weight_decay": "weight decay",
+    "label_smoothing": "label smoothing", "crops": "random crops", "flips": "random flips",
+    "tta": "test-time flip averaging",
 }
-# How each change acts: explanations that hold whatever a build measures (the measurements are
-# described by sentences built from the table, see ablation.discussion).
-ABLATION_WHY = {
-    "adam": "Adam scales each weight's step by a running estimate of its gradient's size, which evens out "
-            "the steps of plain SGD.",
-    "momentum": "Momentum averages successive gradients, so the steps follow the direction they agree on "
-                "and the batch-to-batch noise partly cancels.",
-    "batchnorm": "Batch normalization keeps every layer's inputs on the scale that the one learning rate suits.",
-    "augment": "Random crops and flips fight overfitting, which has barely begun after a few epochs, and make "
-               "the training images harder to fit.",
-    "wider": "Twice the filters add capacity, at about three times the computation.",
-    "deeper": "A second convolution per stage without batch normalization gives a deeper plain network, "
-              "which trains more slowly at this learning rate.",
-    "kernel3": "3×3 kernels see a smaller window with fewer weights per filter.",
-    "strided": "A stride-2 convolution keeps one position in four without choosing the strongest, as max "
-               "pooling does.",
-    "dropout": "Dropout regularizes the classifier; with little overfitting in a short run it has little "
-               "to correct.",
-    "weight_decay": "Weight decay pulls the weights towards zero, an effect that grows with the length of training.",
-    "xavier": "The initialization sets the scale of the signal in the first steps; Xavier's suits "
-              "symmetric activations.",
-    "kaiming": "The initialization sets the scale of the signal in the first steps; Kaiming's is made for ReLU.",
+# How each ingredient acts: explanations that hold whatever a build measures. The discussion attaches
+# them only to the ingredients whose measured contribution has a verdict (see ablation.discussion).
+LOO_WHY = {
+    "bn": "Batch normalization keeps every layer's inputs on one scale, which is what lets the recipe use a "
+          "learning rate as high as 0.1.",
+    "pairs": "Two 3×3 convolutions see the same 5×5 window as one 5×5 convolution, with fewer weights and one more "
+             "non-linearity.",
+    "kaiming": "Kaiming's initialization sets the weights' scale for ReLU, so the signal neither fades nor grows "
+               "through the layers in the first steps.",
+    "momentum": "Momentum averages successive gradients, so the steps follow the direction they agree on; without "
+                "it the same learning rate takes much smaller effective steps.",
+    "onecycle": "Annealing the learning rate to zero lets the run end in a calm, low-noise state instead of "
+                "wherever its last large steps leave it.",
+    "weight_decay": "Weight decay keeps the weights small, which with batch normalization also keeps the effective "
+                    "learning rate up.",
     "label_smoothing": "Label smoothing keeps the network from pushing its scores to extremes.",
-    "onecycle": "A one-cycle schedule that peaks at the reference's own learning rate spends most of the run "
-                "at a smaller step.",
+    "crops": "Random crops show each image at a slightly different position every epoch, a cheap source of new "
+             "training images.",
+    "flips": "Random flips double the views of every image; a mirrored scene is still the same class.",
+    "tta": "Averaging the scores of each test image and its mirror removes part of the model's left-right noise, at "
+           "twice the evaluation cost.",
+}
+
+
+# Why an ingredient can cost accuracy on the ablation's short budget (shown only when its removal helped).
+LOO_WHY_HURTS = {
+    "crops": "Random crops make the training images harder to fit; after two epochs the model has barely begun "
+             "to overfit, so it pays that price before the augmentation can pay back.",
+    "flips": "Random flips make the training images harder to fit, which a short run cannot yet turn into a gain.",
+    "label_smoothing": "Label smoothing holds the scores back from confident values, which slows learning in the "
+                       "first epochs.",
+    "weight_decay": "Weight decay pulls the weights towards zero, a regularization that a short run does not need.",
+    "kaiming": "Kaiming's normal initialization starts with larger weights than PyTorch's default uniform one; "
+               "behind batch normalization the scale matters little, and the default start trains faster here.",
 }
 
 
