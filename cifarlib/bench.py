@@ -213,7 +213,7 @@ def cli(argv: list[str]) -> int:
 
 
 def sweep_bench(n_runs: int, data_root, device: str) -> int:
-    """Time the same sweep of ``n_runs`` short Model A runs (1 epoch on 5,000 images, seeds 0..n-1) on
+    """Time the same sweep of ``n_runs`` short Model A runs (1 epoch on 15,000 images, seeds 0..n-1) on
     the serial executor (one process with every core) and on the local one (worker processes), each
     into a fresh run folder, and print both wall times and their ratio."""
     import tempfile
@@ -226,14 +226,14 @@ def sweep_bench(n_runs: int, data_root, device: str) -> int:
                        model_kw={k: list(v) if isinstance(v, tuple) else v for k, v in IMPROVED_A.items()},
                        epochs=1, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
                        weight_decay=5e-4, scheduler="onecycle", warmup_epochs=0.3, crop_pad=2, flip=True,
-                       train_per_class=500, test_per_class=100, train_eval_size=500, device=device)
+                       train_per_class=1500, test_per_class=200, train_eval_size=500, device=device)
     configs = sweep.seeded(base, n_runs)
-    cpus = sweep.cpu_count()
-    workers, threads = sweep.plan(n_runs)
-    print(f"sweep: {n_runs} runs of Model A, 1 epoch on 4,500 {dataset} images each; {cpus} cores")
     from cifarlib import runs
 
-    runs.prepare_splits(base, data_root=data_root)  # decode (and cache) the data before the clocks start
+    n_images = len(runs.prepare_splits(base, data_root=data_root).train)  # decoded and cached before the clocks
+    cpus = sweep.cpu_count()
+    workers, threads = sweep.plan(n_runs)
+    print(f"sweep: {n_runs} runs of Model A, 1 epoch on {n_images:,} {dataset} images each; {cpus} cores")
     times = {}
     for label, kw in ((f"serial (1 process x {cpus} threads)", dict(executor="serial", threads=cpus)),
                       (f"local ({workers} workers x {threads} thread{'s' if threads > 1 else ''})",
