@@ -351,7 +351,7 @@ def run_dir_of(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None)
     return paths.runs_dir(runs_dir) / f"{cfg.name}-{run_hash(cfg, splits.identity)}"
 
 
-def _usable(run_dir: Path) -> RunRecord | None:
+def usable(run_dir: Path) -> RunRecord | None:
     """The finished, intact record in ``run_dir``, or None (a damaged one is named in a warning)."""
     if not is_finished(run_dir):
         return None
@@ -367,8 +367,8 @@ def _usable(run_dir: Path) -> RunRecord | None:
 
 def find_finished(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None) -> RunRecord | None:
     """The finished run of ``cfg`` on this data with this code, or None; never trains."""
-    record = _usable(run_dir_of(cfg, data, data_root, runs_dir))
-    return _log_use(record) if record is not None else None
+    record = usable(run_dir_of(cfg, data, data_root, runs_dir))
+    return log_use(record) if record is not None else None
 
 
 @contextlib.contextmanager
@@ -407,13 +407,13 @@ def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=No
                               remedy=f"pass runs_dir=/--runs-dir or set {paths.ENV_RUNS} to a writable folder")
     splits = prepare_splits(cfg, data, data_root)
     run_dir = root / f"{cfg.name}-{run_hash(cfg, splits.identity)}"
-    record = None if force else _usable(run_dir)
+    record = None if force else usable(run_dir)
     if record is not None:
-        return _log_use(record)
+        return log_use(record)
     with run_lock(run_dir):
-        record = None if force else _usable(run_dir)  # another process may have finished it while we waited
+        record = None if force else usable(run_dir)  # another process may have finished it while we waited
         if record is not None:
-            return _log_use(record)
+            return log_use(record)
         for stale in root.glob(f".{run_dir.name}.*"):  # left by killed runs (we hold the lock: nobody uses them)
             if stale.is_dir() and (fcntl is not None or stale.name.endswith(f"-{os.getpid()}")):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -436,7 +436,7 @@ def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=No
         raise KeyboardInterrupt
     record = load_run(run_dir)
     record.cached = False
-    return _log_use(record)
+    return log_use(record)
 
 
 def _publish(stage: Path, run_dir: Path) -> None:
@@ -452,7 +452,7 @@ def _publish(stage: Path, run_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _log_use(record: RunRecord) -> RunRecord:
+def log_use(record: RunRecord) -> RunRecord:
     """Append the run folder to $CIFARLIB_RUN_LOG when set: the report lists exactly the runs it used."""
     log = os.environ.get(paths.ENV_RUN_LOG)
     if log:

@@ -140,7 +140,7 @@ def run_many(configs: Iterable[train.TrainConfig], data=None, data_root=None, ru
     records: dict = {}
     if not force:
         for folder in dict.fromkeys(folders):
-            record = runs._usable(folder)
+            record = runs.usable(folder)
             if record is not None:
                 records[folder] = record
     todo = {folder: cfg for folder, cfg in zip(folders, configs) if folder not in records}  # one per folder
@@ -163,7 +163,7 @@ def run_many(configs: Iterable[train.TrainConfig], data=None, data_root=None, ru
             bar.close()
     if failures:
         raise SweepError(failures, len(records))
-    return [runs._log_use(records[folder]) for folder in folders]
+    return [runs.log_use(records[folder]) for folder in folders]
 
 
 def _serial_one(cfg, data, data_root, root, threads, force, progress, records, failures, folder) -> None:
@@ -185,8 +185,7 @@ def _serial_one(cfg, data, data_root, root, threads, force, progress, records, f
 
 
 def _parallel(todo: dict, executor, data_root, root, workers, threads, force, records, failures, bar) -> None:
-    pool, owned = _open(executor, len(todo), workers, threads)
-    n_threads = pool._cifarlib_threads if hasattr(pool, "_cifarlib_threads") else threads
+    pool, owned, n_threads = _open(executor, len(todo), workers, threads)
     data_root = os.fspath(os.path.abspath(data_root)) if data_root is not None else None
     pending = {}
     try:
@@ -229,17 +228,16 @@ def _submit_all(pool, todo: dict, data_root, runs_dir, threads, force) -> dict:
         futures = {folder: pool.submit(train_one, *a, pure=False) for folder, a in args.items()}
     elif module.startswith("submitit"):
         with pool.batch():
-            jobs = {folder: pool.submit(train_one, *a) for folder, a in args.items()}
-        futures = jobs
+            futures = {folder: pool.submit(train_one, *a) for folder, a in args.items()}
     else:
         futures = {folder: pool.submit(train_one, *a) for folder, a in args.items()}
     return {folder: (todo[folder], futures[folder]) for folder in todo}
 
 
 def _open(executor, tasks: int, workers, threads):
-    """(executor object, whether this sweep owns it and must shut it down)."""
+    """(executor object, whether this sweep owns it and must shut it down, threads per run)."""
     if not isinstance(executor, str):
-        return executor, False
+        return executor, False, threads
     kind, _, where = executor.partition(":")
     if kind == "local":
         import multiprocessing
@@ -257,8 +255,7 @@ def _open(executor, tasks: int, workers, threads):
                 queue.put(ids[i % len(ids)])
         pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(queue,))
-        pool._cifarlib_threads = n_threads
-        return pool, True
+        return pool, True, n_threads
     if kind == "dask":
         try:
             from distributed import Client
@@ -266,7 +263,7 @@ def _open(executor, tasks: int, workers, threads):
             raise CifarlibError("the dask executor needs the distributed package; pip install 'cifarlib[cluster]' "
                                 "(or pip install distributed)") from None
         try:
-            return Client(where, timeout="10s"), True
+            return Client(where, timeout="10s"), True, threads
         except OSError as err:
             raise CifarlibError(f"cannot reach the Dask scheduler at {where} ({err}); start one with "
                                 "`dask scheduler` and `dask worker ADDRESS`, or check the address") from None
@@ -278,8 +275,7 @@ def _open(executor, tasks: int, workers, threads):
     pool = submitit.AutoExecutor(folder=where)  # for partitions, GPUs and limits pass a configured executor
     n_threads = threads or 1
     pool.update_parameters(timeout_min=24 * 60, cpus_per_task=n_threads)
-    pool._cifarlib_threads = n_threads
-    return pool, False
+    return pool, False, n_threads
 
 
 def _close(pool) -> None:
@@ -306,7 +302,6 @@ class _Bar:
 
         self.bar = tqdm(total=total, initial=cached, desc="runs", unit="run", disable=not show,
                         postfix=f"{cached} cached, {todo} to train" if cached else None)
-        self.cached = cached
 
     def update(self, failures: Sequence) -> None:
         self.bar.update(1)
