@@ -1,18 +1,19 @@
 """cifarlib: reproducible CNN experiments on CIFAR-10 and MNIST.
 
-The library computes; the notebooks in ``notebooks/`` call it; ``python -m cifarlib report``
-runs them and exports one PDF. Modules, in the order data flows:
+The library computes; the notebooks in ``notebooks/`` call it; ``python -m cifarlib report`` runs them
+and exports one PDF. The layers, lowest first (ARCHITECTURE.md draws them; a test keeps it true):
 
-- :mod:`cifarlib.data`        find, decode, cache, split and batch a data set
+- base: :mod:`~cifarlib.errors`, :mod:`~cifarlib.paths`, :mod:`~cifarlib.provenance`,
+  :mod:`~cifarlib.tables`, :mod:`~cifarlib.atomic`, :mod:`~cifarlib.plots`
+- :mod:`cifarlib.data`        data sets in memory, batches on the device, files on disk and the cache
 - :mod:`cifarlib.models`      model registry: ``build_model(name, **kw)``
 - :mod:`cifarlib.train`       ``TrainConfig`` and ``fit(model, splits, cfg) -> Run``
+- :mod:`cifarlib.experiments` named configurations; ``notebook_config(name, profile, **knobs)``
 - :mod:`cifarlib.runs`        run records on disk and ``train_or_load(cfg)`` (one run, locked, published by rename)
 - :mod:`cifarlib.sweep`       ``run_many(configs, executor=...)``: many runs on a local pool, Dask or SLURM
-- :mod:`cifarlib.ablation`    leave-one-out ablation with paired seeds and confidence intervals
-- :mod:`cifarlib.experiments` named configurations (``python -m cifarlib experiments``)
-- :mod:`cifarlib.theory`      hand computations checked against torch
-- :mod:`cifarlib.plots`, :mod:`cifarlib.tables`  views of results
-- :mod:`cifarlib.report`      papermill + nbconvert report build
+- analyses: :mod:`~cifarlib.studies`, :mod:`~cifarlib.ablation`, :mod:`~cifarlib.evaluation`,
+  :mod:`~cifarlib.visualize`, :mod:`~cifarlib.theory`
+- face: :mod:`~cifarlib.cli`, :mod:`~cifarlib.commands`, :mod:`~cifarlib.bench`, :mod:`~cifarlib.report`
 """
 
 __version__ = "0.1.0"

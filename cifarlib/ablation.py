@@ -1,7 +1,7 @@
 """Ablation: take a recipe apart one ingredient at a time, with several seeds, and say with a confidence
 interval what each ingredient is worth.
 
-A :class:`Change` names one change and the config values it sets (``model_kw`` entries are merged
+A :class:`cifarlib.experiments.Change` names one change and the config values it sets (``model_kw`` entries are merged
 into the reference's model arguments, everything else replaces the reference value). The variants
 are ordinary named experiments (``cifarlib.experiments.improved`` registers the leave-one-out set
 ``loo_<change>`` against ``loo_reference``), so each one is a cached run record like any other.
@@ -18,22 +18,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from cifarlib import experiments, sweep, tables
 from cifarlib.errors import CifarlibError
-
-
-@dataclass(frozen=True)
-class Change:
-    name: str  # short identifier; the experiment is called "ablation_<name>"
-    description: str  # what changed, in words, for the table
-    changes: dict  # TrainConfig keys -> values; a "model_kw" dict is merged into the reference's
-
-
-def apply_change(reference: Mapping, changes: Mapping) -> dict:
-    """The reference config (a dict) with ``changes`` applied; ``model_kw`` is merged key by key."""
-    out = {**reference, **changes}
-    if "model_kw" in changes:
-        out["model_kw"] = {**reference.get("model_kw", {}), **changes["model_kw"]}
-    return out
+from cifarlib.experiments import Change, apply_change  # noqa: F401  (part of this module's vocabulary)
 
 
 def flatten_config(config: Mapping) -> dict:
@@ -70,15 +57,13 @@ class AblationResult:
 
 def run_paired(changes: Sequence[Change], reference: str = "loo_reference", prefix: str = "loo",
                profile: str = "full", seeds: int = 5, seed: int = 0, data_root=None, runs_dir=None,
-               executor=None, **overrides) -> AblationResult:
+               executor=None, **knobs) -> AblationResult:
     """Train (or load) experiment ``reference`` and every ``<prefix>_<change>`` with seeds ``seed`` ..
-    ``seed + seeds - 1``, all in one sweep on ``executor``. ``overrides`` (e.g. ``device="cpu"``) apply
-    to every run alike."""
-    from cifarlib import experiments, sweep
-
+    ``seed + seeds - 1``, all in one sweep on ``executor``. ``knobs`` (e.g. ``device="cpu"``; None: the
+    experiment's own, see :func:`cifarlib.experiments.notebook_config`) apply to every run alike."""
     names = [reference] + [f"{prefix}_{c.name}" for c in changes]
     configs = [cfg for name in names
-               for cfg in sweep.seeded(experiments.config(name, profile, **overrides), seeds, seed)]
+               for cfg in sweep.seeded(experiments.notebook_config(name, profile, **knobs), seeds, seed)]
     records = sweep.run_many(configs, data_root=data_root, runs_dir=runs_dir, executor=executor)
     per = {name: records[i * seeds:(i + 1) * seeds] for i, name in enumerate(names)}
     return AblationResult(per[reference], {c.name: per[f"{prefix}_{c.name}"] for c in changes}, list(changes))
@@ -124,10 +109,10 @@ def _seed(item) -> int:
 
 
 def _acc(item, split: str) -> float:
-    value = _metrics(item).get(f"final_{split}_acc")
-    if value is None:
+    value = tables.accuracy(item, split)
+    if math.isnan(value) and f"final_{split}_acc" not in _metrics(item):
         raise CifarlibError(f"run metrics lack final_{split}_acc; pass run records or metrics dicts from fit()")
-    return 100.0 * value
+    return value
 
 
 VERDICTS = ("helps", "hurts", "cannot tell")
@@ -168,29 +153,6 @@ def reference_accuracy(result: AblationResult) -> dict:
     frame = pd.DataFrame([{s: _acc(r, s) for s in ("val", "test")} for r in result.reference])
     std = frame.std(ddof=1).fillna(0.0)
     return {"runs": len(frame), **{f"{s}_mean": frame[s].mean() for s in frame}, **{f"{s}_std": std[s] for s in frame}}
-
-
-def plot_effects(table: pd.DataFrame, title: str | None = None):
-    """Each ingredient's contribution to validation accuracy (points) with its 95 % confidence interval,
-    largest at the top; a bar whose interval crosses zero is grey."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    y = np.arange(len(table))[::-1]
-    mean = table["contribution (val, points)"].to_numpy(dtype=float)
-    low, high = table["ci low"].to_numpy(dtype=float), table["ci high"].to_numpy(dtype=float)
-    colours = ["tab:blue" if v == "helps" else "tab:red" if v == "hurts" else "0.6" for v in table["verdict"]]
-    fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(table) + 1.4))
-    ax.barh(y, mean, height=0.6, color=colours)
-    ok = ~np.isnan(low)
-    ax.errorbar(mean[ok], y[ok], xerr=[mean[ok] - low[ok], high[ok] - mean[ok]], fmt="none", ecolor="black",
-                capsize=3, lw=1)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(y, table["change"])
-    ax.set_xlabel("contribution to validation accuracy (percentage points)")
-    ax.set_title(title or "Leave one out: what each ingredient of Model A is worth")
-    fig.tight_layout()
-    return fig
 
 
 def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None = None,

@@ -25,8 +25,8 @@ from torch import nn
 
 from cifarlib import data, models, paths
 from cifarlib.models.cifar import Table1Net
-from cifarlib.cli import OneLineParser
 from cifarlib.train import TrainConfig, evaluate, make_optimizer, resolve_device, resolve_precision, train_step
+from cifarlib.errors import OneLineParser
 
 EPOCH = {"train": 45_000, "val": 5_000, "test": 10_000, "train_eval": 5_000}  # CIFAR-10, 10% validation
 WARMUP_STEPS = 5

@@ -1,12 +1,13 @@
 """``python -m cifarlib <command> ...`` — the commands the README and the Makefile call.
 
-Each command lives in the module that owns the work; this file only dispatches, so that
+This file only dispatches: each command is a function ``f(argv) -> exit status`` in a face module
+(``commands``, ``data.command``, ``bench``, ``report``), imported when called, so that
 ``python -m cifarlib data`` does not pay for importing the report machinery and vice versa.
+Nothing in the package imports this module.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
@@ -16,19 +17,12 @@ from cifarlib.errors import CifarlibError
 # command -> (module, function, one-line help). The function takes argv (list[str]) and
 # returns an exit status.
 COMMANDS = {
-    "data": ("cifarlib.data", "cli", "show what data set a data root holds, with load times"),
-    "experiments": ("cifarlib.experiments", "cli", "list the named experiments"),
-    "run": ("cifarlib.runs", "cli", "train a named experiment (or load its cached run)"),
+    "data": ("cifarlib.data.command", "main", "show what data set a data root holds, with load times"),
+    "experiments": ("cifarlib.commands", "list_experiments", "list the named experiments"),
+    "run": ("cifarlib.commands", "run", "train named experiments (or load their cached runs)"),
     "bench": ("cifarlib.bench", "cli", "training throughput: cifarlib vs a reference pipeline"),
     "report": ("cifarlib.report", "cli", "run the notebooks and export the PDF/HTML report"),
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that raises a one-line CifarlibError instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise CifarlibError(f"{message}; see `python -m cifarlib {self.prog.split()[-1]} --help`")
 
 
 def usage() -> str:
@@ -48,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[name]
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped, never as a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return int(getattr(importlib.import_module(module), func)(rest) or 0)
     except CifarlibError as err:

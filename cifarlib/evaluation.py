@@ -7,6 +7,8 @@ its accuracy must equal the run record's ``final_test_acc`` (a check the noteboo
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 import pandas as pd
@@ -36,17 +38,13 @@ def predict(model: nn.Module, images: ImageSet, mean, std, device="cpu", batch_s
             tta_flip: bool = False, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """(preds, probs) for every image of ``images``, in order, on the CPU. The model runs in eval mode
     (its mode is restored); ``tta_flip`` averages the logits of each image and its mirror, as fit does."""
-    from cifarlib.train import autocast
+    from cifarlib.train import inference
 
     device = torch.device(device)
-    was_training = model.training
-    model.eval().to(device)
-    logits = []
-    with autocast(device, precision):
-        for x, _ in Loader(images, batch_size, mean=mean, std=std, device=device):
-            out = model(x).float()
-            logits.append(((out + model(x.flip(-1)).float()) / 2 if tta_flip else out).cpu())
-    model.train(was_training)
+    model.to(device)
+    batches = Loader(images, batch_size, mean=mean, std=std, device=device)
+    with contextlib.closing(inference(model, batches, device, tta_flip, precision)) as outputs:
+        logits = [out.cpu() for out, _ in outputs]
     logits = torch.cat(logits) if logits else torch.zeros(0, 0)
     return logits.argmax(dim=1), logits.softmax(dim=1)
 

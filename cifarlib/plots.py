@@ -1,4 +1,5 @@
-"""Figures: training curves, run comparisons, confusion matrices, image grids.
+"""Figures of results: training curves, run comparisons, the ablation's effects, confusion matrices,
+image grids.
 
 Every figure gets a title, labelled axes with units, and is shown by :func:`show`: saved as PNG (for
 HTML and quick viewing) and PDF (vector, for the LaTeX report) under ``figures/``, displayed once with
@@ -10,14 +11,16 @@ Accuracies are fractions in run records and plotted in percent.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from cifarlib import paths
-from cifarlib.atomic import atomic_path
+from cifarlib.atomic import atomic_path, writable_dir
 
 # The report prints a figure at its natural size, shrunk to fit the text width and half the text height
 # of an A4 page (see the LaTeX template); text on it must stay readable at that size.
@@ -60,8 +63,8 @@ STYLE = {
 
 def save(fig, name: str, figures_dir=None) -> Path:
     """Save ``fig`` as ``<figures_dir>/<name>.png`` and ``.pdf`` (atomically). Returns the PNG path."""
-    out = paths.figures_dir(figures_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(paths.figures_dir(figures_dir), what="figures to",
+                       remedy=f"pass figures_dir= or set ${paths.ENV_FIGURES} to a writable folder")
     for ext in ("png", "pdf"):
         with atomic_path(out / f"{name}.{ext}") as tmp:
             fig.savefig(tmp, format=ext)
@@ -261,5 +264,82 @@ def plot_image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8,
         if titles is not None:
             ax.set_title(titles[k], fontsize=7.5, pad=2)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ---- studies: several runs side by side ---------------------------------------------------------
+
+LOSS_NAMES = {"cross_entropy": "Cross-entropy", "mse": "L2"}
+
+
+def finite(history) -> pd.DataFrame:
+    """A history as a DataFrame with +-inf replaced by NaN (a diverged run leaves a gap, not a broken axis)."""
+    return _frame(history).replace([math.inf, -math.inf], math.nan)
+
+
+def epoch_ends(history) -> pd.DataFrame:
+    """The evaluation points at whole epochs (drops the extra points of ``eval_every_steps``)."""
+    frame = finite(history)
+    return frame[np.isclose(frame["epoch"], frame["epoch"].round())].reset_index(drop=True)
+
+
+def plot_comparison(records: Mapping[str, object], title: str, metrics: Sequence[str] = ("loss", "acc"),
+                    splits: Sequence[str] = ("train", "test"), x: str = "epoch", epoch_ends_only: bool = False,
+                    loss_per_run: bool = False, loss_levels: Mapping[str, float] | None = None):
+    """One panel per metric, one line per (run, split): the runs of a study side by side.
+
+    ``epoch_ends_only`` keeps the evaluations at whole epochs (one point per epoch). ``loss_per_run``
+    gives each run's loss a panel of its own, with its own y-axis: for runs whose losses live on
+    different scales (cross-entropy against L2); ``loss_levels`` (run -> loss) adds each run's loss of a
+    uniform guess there as a grey dotted line."""
+    pick = epoch_ends if epoch_ends_only else finite
+    histories = {name: pick(item.history) for name, item in records.items()}
+    panels = [(m, None) for m in metrics]
+    if loss_per_run and "loss" in metrics:
+        i = list(metrics).index("loss")
+        panels = panels[:i] + [("loss", name) for name in records] + panels[i + 1:]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 if len(panels) > 1 else 4.8, 3.3), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles, labels = [], []
+    for ax, (metric, run) in zip(axes[0], panels):
+        if run is None:
+            what = "Loss" if metric == "loss" else "Accuracy"
+            plot_runs(histories, metric, splits=splits, x=x, ax=ax, title=what)
+            if not handles:
+                handles, labels = ax.get_legend_handles_labels()
+        else:
+            i, kind = list(records).index(run), records[run].config.loss
+            plot_curves(histories[run], "loss", x=x, splits=splits, ax=ax, style={"color": colors[i % len(colors)]},
+                        title=f"{LOSS_NAMES.get(kind, kind)} loss")
+            if loss_levels and run in loss_levels:
+                ax.axhline(loss_levels[run], color="0.5", ls=(0, (1, 2)), lw=1.2)
+        ax.get_legend().remove()
+    if loss_per_run and loss_levels:
+        handles = handles + [plt.Line2D([], [], color="0.5", ls=(0, (1, 2)), lw=1.2)]
+        labels = labels + ["loss of a uniform guess"]
+    ncol = min(3, -(-len(labels) // max(1, len(splits))))  # one column per run: its splits stacked
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 * -(-len(labels) // ncol) + 0.02, 1, 1))
+    return fig
+
+
+def plot_effects(table: pd.DataFrame, title: str | None = None):
+    """Each ingredient's contribution to validation accuracy (points) with its 95 % confidence interval,
+    largest at the top; a bar whose interval crosses zero is grey."""
+    y = np.arange(len(table))[::-1]
+    mean = table["contribution (val, points)"].to_numpy(dtype=float)
+    low, high = table["ci low"].to_numpy(dtype=float), table["ci high"].to_numpy(dtype=float)
+    colours = ["tab:blue" if v == "helps" else "tab:red" if v == "hurts" else "0.6" for v in table["verdict"]]
+    fig, ax = plt.subplots(figsize=(6.4, 0.3 * len(table) + 1.4))
+    ax.barh(y, mean, height=0.6, color=colours)
+    ok = ~np.isnan(low)
+    ax.errorbar(mean[ok], y[ok], xerr=[mean[ok] - low[ok], high[ok] - mean[ok]], fmt="none", ecolor="black",
+                capsize=3, lw=1)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, table["change"])
+    ax.set_xlabel("contribution to validation accuracy (percentage points)")
+    ax.set_title(title or "Leave one out: what each ingredient of Model A is worth")
     fig.tight_layout()
     return fig

@@ -22,7 +22,6 @@ import html
 import os
 import re
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -32,8 +31,8 @@ from urllib.parse import quote
 
 import yaml
 
-from cifarlib import atomic, paths
-from cifarlib.errors import CifarlibError, first_line
+from cifarlib import atomic, paths, provenance
+from cifarlib.errors import CifarlibError, OneLineParser, first_line
 
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 KERNEL_ENV = {paths.ENV_PROGRESS: "0", "TQDM_DISABLE": "1"}  # no progress bars in the PDF
@@ -165,6 +164,8 @@ def read_params_file(path: str | None) -> list[tuple[str, str, object]]:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as err:
         raise CifarlibError(f"cannot read --params-file {path} ({err.strerror}); check the path") from None
+    except UnicodeDecodeError:
+        raise CifarlibError(f"--params-file {path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as err:
         raise CifarlibError(f"--params-file {path} is not valid YAML ({first_line(err)}); fix it") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
@@ -327,32 +328,21 @@ def preload() -> None:
 # ---- the report notebook --------------------------------------------------------------------------
 
 def git_state(where: Path) -> str:
-    def git(*args):
-        try:
-            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "--short=12", "HEAD")
-    if commit is None:
-        return "not a git checkout (or no commit yet)"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return f"{commit} (with uncommitted changes)" if dirty else commit
+    """The checkout holding ``where``, as the title page and the provenance table show it."""
+    return provenance.commit_label(*provenance.checkout(where))
 
 
 def torch_and_device(requested: str) -> tuple[str, str]:
     """torch's version, and the device ``requested`` resolves to here (``cpu (requested: auto)``)."""
-    try:
-        import torch
-    except ImportError:
-        return "not installed", requested
+    import torch
+
+    from cifarlib.train import resolve_device
+
     if requested != "auto":
         return torch.__version__, requested
-    if torch.cuda.is_available():
-        return torch.__version__, f"cuda, {torch.cuda.get_device_name(0)} (requested: auto)"
-    mps = getattr(torch.backends, "mps", None)
-    return torch.__version__, f"{'mps' if mps is not None and mps.is_available() else 'cpu'} (requested: auto)"
+    device = resolve_device("auto")
+    name = f"cuda, {torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
+    return torch.__version__, f"{name} (requested: auto)"
 
 
 def build_info(args: argparse.Namespace, argv: list[str]) -> dict:
@@ -665,7 +655,7 @@ def _as_dict(obj) -> dict:
 def run_row(rec) -> list:
     config, env, metrics = _as_dict(rec.config), _as_dict(rec.env), _as_dict(rec.metrics)
     name, _, digest = Path(rec.dir).name.rpartition("-")
-    commit = (env.get("git_commit") or "?")[:10] + (" (dirty)" if env.get("git_dirty") else "")
+    commit = provenance.commit_label(env.get("git_commit"), env.get("git_dirty"))
     wall = env.get("wall_s", metrics.get("wall_s"))
     return [f"`{name or config.get('name', '?')}`", f"`{digest}`", config.get("seed", "?"), commit,
             env.get("torch", "?"), env.get("device", metrics.get("device", "?")),
@@ -867,10 +857,8 @@ def export_pdf(nb, target: Path, nb_dir: Path) -> None:
 # ---- command line ---------------------------------------------------------------------------------
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from cifarlib.cli import OneLineParser
-
     p = OneLineParser(prog="python -m cifarlib report", description="Run the notebooks with "
-                                "papermill, merge them into one report, export report.pdf and report.html.")
+                      "papermill, merge them into one report, export report.pdf and report.html.")
     p.add_argument("--profile", choices=("quick", "full"), default="full",
                    help="full (default) or quick: a smoke run of every notebook in minutes")
     p.add_argument("--data-root", help=f"CIFAR-10 root (default: ${paths.ENV_DATA})")
@@ -938,22 +926,11 @@ def cli(argv: list[str]) -> int:
         return build(args, argv, out, nb_dir, notebooks, selected, plan, problems)
 
 
-@contextlib.contextmanager
 def build_lock(out: Path):
     """One build at a time per output folder: a second one stops at once instead of replacing the
     first one's files (the lock is released by the system if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(out / ".report.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CifarlibError(f"another report build is writing to {out}; wait for it to finish, or pass "
-                                f"another --out") from None
-        yield
+    return atomic.locked(out / ".report.lock", busy=f"another report build is writing to {out}; wait for it to "
+                                                     "finish, or pass another --out")
 
 
 def build(args, argv, out, nb_dir, notebooks, selected, plan, problems) -> int:

@@ -17,10 +17,10 @@ CONTRACT (other modules rely on these names; keep them):
     find_runs(name=None, runs_dir=None) -> list[RunRecord]   finished runs, newest first (damaged ones skipped)
     find_finished(cfg, ...) -> RunRecord | None             never trains
     load_run(path) -> RunRecord ; damage(path) -> str | None (why a finished record cannot be trusted)
-    prepare_splits(cfg, data=None, data_root=None) -> Splits   (memoized in-process)
+    prepare_splits(cfg, ds=None, data_root=None) -> Splits     (memoized in-process)
 
 The folder hash covers the config, the data identity (data set + selection + split) and the code
-version: a hash of the code of the engine (train.py, data.py, models/__init__.py) and of the module
+version: a hash of the code of the engine (train.py, data/, models/__init__.py) and of the module
 that defines the run's model (their syntax trees, without comments and docstrings). Editing a
 notebook, the report, a comment, a docstring or another model's module keeps the cache; a change to
 the code that trains this model retrains it.
@@ -32,15 +32,12 @@ workers: the run's lock and the rename of its staging folder make that safe acro
 from __future__ import annotations
 
 import ast
-import contextlib
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,14 +47,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-try:
-    import fcntl  # POSIX; elsewhere runs are not locked
-except ImportError:  # pragma: no cover
-    fcntl = None
-
-from cifarlib import atomic, data, models, paths, train
-from cifarlib import cli as cli_
-from cifarlib.errors import CifarlibError
+from cifarlib import atomic, data, models, paths, provenance, train
+from cifarlib.errors import CifarlibError, first_line
 
 DONE = "DONE"  # completion marker, written last: a folder without it is never taken as finished; it holds
 #               the status and the SHA-256 of every file, so a damaged file is found (older records: status only)
@@ -82,16 +73,18 @@ def _code_only(source: str) -> str:
 
 def code_version(model: str | None = None) -> str:
     """Hash of the code that decides what a training run of ``model`` computes: the engine (train.py,
-    data.py, models/__init__.py) and the module that defines ``model`` (None: every model module).
-    Comments and docstrings are excluded."""
+    the data package but its command line, models/__init__.py) and the module that defines ``model``
+    (None: every model module). Comments and docstrings are excluded."""
     folder = PACKAGE / "models"
     if model is None:
         modules = sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
     else:
         modules = [folder / models.module_name(model)]
+    data_modules = sorted(p for p in (PACKAGE / "data").glob("*.py") if p.name != "command.py")
     digest = hashlib.sha256()
-    for path in [PACKAGE / "train.py", PACKAGE / "data.py", folder / "__init__.py", *modules]:
-        digest.update(path.name.encode() + b"\0" + _code_only(path.read_text()).encode() + b"\0")
+    for path in [PACKAGE / "train.py", *data_modules, folder / "__init__.py", *modules]:
+        name = path.relative_to(PACKAGE).as_posix()
+        digest.update(name.encode() + b"\0" + _code_only(path.read_text()).encode() + b"\0")
     return digest.hexdigest()[:12]
 
 
@@ -213,26 +206,13 @@ def load_weights(model: nn.Module, path: Path, saved_model: str = "?") -> nn.Mod
 
 def _env(run: train.Run) -> dict:
     device = torch.device(run.metrics["device"])
-    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": _dirty(),
+    commit, dirty = provenance.checkout()
+    return {"git_commit": commit, "git_dirty": dirty,
             "code_version": code_version(run.config.model), "torch": torch.__version__,
             "torchvision": _version("torchvision"),
             "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
             "device_name": _device_name(device), "threads": torch.get_num_threads(), "wall_s": run.wall_s,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def _dirty() -> bool | None:
-    """Uncommitted changes in the checkout; None when unknown (no git, or not a checkout)."""
-    status = _git("status", "--porcelain")
-    return None if status is None else bool(status)
-
-
-def _git(*args) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=PACKAGE, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _version(module: str) -> str | None:
@@ -271,7 +251,7 @@ def save_run(run_dir: Path, run: train.Run, build_kw: dict) -> None:
             marker = {"status": run.status, "sha256": {f: _sha256(run_dir / f) for f in FILES}}
             atomic.write_json(run_dir / DONE, marker)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
-        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:160]
+        reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or first_line(err)
         raise CifarlibError(f"cannot save the run record in {run_dir} ({reason}); free space or pass another "
                             f"runs_dir/--runs-dir, then run again") from None
 
@@ -371,24 +351,11 @@ def find_finished(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=No
     return log_use(record) if record is not None else None
 
 
-@contextlib.contextmanager
 def run_lock(run_dir: Path):
-    """Hold the lock of ``run_dir`` (a ``.<name>.lock`` file beside it, locked with flock, which the
-    system releases when the process dies): one process at a time trains or replaces a run; another
-    waits here, then finds the run finished."""
-    lock_path = run_dir.parent / f".{run_dir.name}.lock"
-    with open(lock_path, "a+") as handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"waiting: another process is training {run_dir.name}", file=sys.stderr)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    """The lock of ``run_dir`` (a ``.<name>.lock`` file beside it, see :func:`cifarlib.atomic.locked`):
+    one process at a time trains or replaces a run; another waits here, then finds the run finished."""
+    return atomic.locked(run_dir.parent / f".{run_dir.name}.lock",
+                         waiting=f"waiting: another process is training {run_dir.name}")
 
 
 def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None, force: bool = False,
@@ -415,14 +382,14 @@ def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=No
         if record is not None:
             return log_use(record)
         for stale in root.glob(f".{run_dir.name}.*"):  # left by killed runs (we hold the lock: nobody uses them)
-            if stale.is_dir() and (fcntl is not None or stale.name.endswith(f"-{os.getpid()}")):
+            if stale.is_dir() and (atomic.fcntl is not None or stale.name.endswith(f"-{os.getpid()}")):
                 shutil.rmtree(stale, ignore_errors=True)
         stage = root / f".{run_dir.name}.partial-{platform.node()}-{os.getpid()}"
         stage.mkdir()
         model = train.build(cfg, splits)
         run = train.fit(model, splits, cfg, progress=progress)
         try:
-            save_run(stage, run, train._shape_kwargs(cfg.model, splits) | cfg.model_kw)
+            save_run(stage, run, train.build_kwargs(cfg, splits))
         except CifarlibError as err:
             err.run = run  # the trained model stays reachable (err.run.model) for a caller that can retry
             raise
@@ -460,61 +427,3 @@ def log_use(record: RunRecord) -> RunRecord:
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"{record.dir.resolve()}\n")
     return record
-
-
-# ---- python -m cifarlib run ----------------------------------------------------------------------
-
-def parse_sets(items: list[str]) -> dict:
-    """``key=value`` pairs; a value is JSON when it parses (10, 0.5, true, null, "x", {...}), else a string."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CifarlibError(f"malformed --set {item!r}; write --set key=value (e.g. --set epochs=3)")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def cli(argv: list[str]) -> int:
-    from cifarlib import experiments, sweep
-
-    p = cli_.OneLineParser(prog="python -m cifarlib run",
-                           description="Train named experiments (several seeds each, on an executor), or load "
-                                       "their finished runs.")
-    p.add_argument("names", nargs="+", metavar="NAME", help="experiment name(s) (python -m cifarlib experiments lists them)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (JSON when it parses, else a string); repeatable")
-    p.add_argument("--profile", choices=["quick", "full"], default="full")
-    p.add_argument("--seeds", type=int, default=1, help="runs per experiment, with seeds SEED, SEED+1, ... (default 1)")
-    p.add_argument("--seed", type=int, default=None, help="first model seed (default: the experiment's)")
-    p.add_argument("--executor", default=None,
-                   help=f"local | serial | dask:ADDRESS | submitit:FOLDER (default: ${sweep.ENV_EXECUTOR}, else local)")
-    p.add_argument("--workers", type=int, default=None, help="local executor: worker processes (default: one per core)")
-    p.add_argument("--threads", type=int, default=None, help="threads per run (default: the cores shared out)")
-    p.add_argument("--data-root", help=f"data set folder (default: ${paths.ENV_DATA} / ${paths.ENV_MNIST})")
-    p.add_argument("--runs-dir", help=f"run records folder (default: ${paths.ENV_RUNS}, else ./runs)")
-    p.add_argument("--force", action="store_true", help="train even when a finished run exists")
-    p.add_argument("--json", action="store_true", help="print one JSON object per run with the results")
-    args = p.parse_args(argv)
-    sets = parse_sets(args.sets)
-    configs = []
-    for name in dict.fromkeys(args.names):
-        cfg = experiments.config_from(name, args.profile, sets)
-        configs += sweep.seeded(cfg, args.seeds, cfg.seed if args.seed is None else args.seed)
-    records = sweep.run_many(configs, data_root=args.data_root, runs_dir=args.runs_dir, executor=args.executor,
-                             workers=args.workers, threads=args.threads, force=args.force)
-    for rec in records:
-        summary = rec.summary()
-        if args.json:  # strict JSON: a diverged run's NaN losses become null
-            print(json.dumps({**{k: None if isinstance(v, float) and not math.isfinite(v) else v
-                                 for k, v in summary.items()}, "seed": rec.config.seed}))
-        else:
-            how = "cached" if rec.cached else f"trained in {summary['wall_s']:.1f} s"
-            print(f"{summary['name']} (seed {rec.config.seed}): {summary['status']} after {summary['epochs_run']} "
-                  f"epochs, test acc {summary['test_acc']:.4f}, val acc {summary['val_acc']:.4f} "
-                  f"({how} on {summary['device']})")
-            print(f"run record: {rec.dir}")
-    return 0

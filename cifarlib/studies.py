@@ -1,5 +1,6 @@
-"""Comparison studies: train (or load) a named group of experiments, then compare them in one table,
-one figure and a few printed sentences, so that each notebook section stays a few short cells.
+"""Comparison studies: train (or load) a named group of experiments, or Task 2's models, in one sweep,
+and describe the outcome in sentences built from the numbers; the tables and figures of a study are
+:func:`cifarlib.tables.comparison_table` and :func:`cifarlib.plots.plot_comparison`.
 
 A group maps a row label to an experiment name, e.g. ``{"lr 0.1": "mnist_lr_0.1", ...}``.
 Runs that diverged stay in the comparison: their accuracy cells read "diverged" instead of a number.
@@ -8,43 +9,80 @@ Runs that diverged stay in the comparison: their accuracy cells read "diverged" 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 
-from cifarlib import experiments, plots, runs, sweep, tables, train
+from cifarlib import experiments, paths, runs, sweep, tables, train
+from cifarlib.plots import LOSS_NAMES, epoch_ends, finite
+from cifarlib.experiments import improved
 from cifarlib.errors import CifarlibError
 
-DIVERGED = "diverged"
+DIVERGED = tables.DIVERGED
 
 
 def run_group(group: Mapping[str, str], profile: str = "full", data=None, data_root=None, runs_dir=None,
-              progress: bool | None = None, executor=None, **overrides) -> dict[str, runs.RunRecord]:
+              progress: bool | None = None, executor=None, **knobs) -> dict[str, runs.RunRecord]:
     """``{label: run record}``: each experiment of ``group`` (label -> experiment name) trained or loaded
-    with ``overrides`` (e.g. device, seed, epochs) applied to its ``profile`` configuration, in one sweep."""
-    configs = {label: experiments.config(name, profile=profile, **overrides) for label, name in group.items()}
+    with ``knobs`` (e.g. device, seed, epochs; None: the experiment's own, see
+    :func:`cifarlib.experiments.notebook_config`) on its ``profile`` configuration, in one sweep."""
+    configs = {label: experiments.notebook_config(name, profile, **knobs) for label, name in group.items()}
     records = _sweep(list(configs.values()), data, data_root, runs_dir, progress, executor)
     return dict(zip(configs, records))
 
 
 def run_seeds(group: Mapping[str, str], seeds: Sequence[int], profile: str = "full", data=None, data_root=None,
-              runs_dir=None, progress: bool | None = None, executor=None, **overrides) -> dict[str, list[runs.RunRecord]]:
+              runs_dir=None, progress: bool | None = None, executor=None, **knobs) -> dict[str, list[runs.RunRecord]]:
     """``{label: [run record per seed]}``: every experiment of ``group`` with each model seed of ``seeds``
-    (the split stays fixed), all in one sweep, for ``cifarlib.tables.mean_std_table``. A ``seed`` in
-    ``overrides`` is ignored."""
-    overrides.pop("seed", None)
+    (the split stays fixed), all in one sweep, for ``cifarlib.tables.mean_std_table``. ``knobs`` as in
+    :func:`run_group`, except that a ``seed`` among them is ignored."""
+    knobs.pop("seed", None)
     if not len(seeds):
         raise CifarlibError("seeds is empty; give at least one model seed, e.g. seeds=[0, 1, 2]")
-    configs = [(label, experiments.config(name, profile=profile, **overrides, seed=seed))
+    configs = [(label, experiments.notebook_config(name, profile, **knobs, seed=seed))
                for seed in seeds for label, name in group.items()]
     records = _sweep([c for _, c in configs], data, data_root, runs_dir, progress, executor)
     out: dict = {label: [] for label in group}
     for (label, _), record in zip(configs, records):
         out[label].append(record)
     return out
+
+
+# ---- Task 2's models, as the other sections see them ----------------------------------------------
+
+def task2_records(profile: str = "full", seed: int = 0, seeds: int = 3, epochs: int | None = None,
+                  device: str | None = None, data_root=None, runs_dir=None, train: bool = True,
+                  executor=None) -> dict:
+    """``{label: [run record per seed]}`` of both models as Task 2 trains them (the quick profile
+    runs one seed), all runs in one sweep on ``executor``. ``epochs`` and ``device`` are knobs of
+    :func:`cifarlib.experiments.notebook_config` (None: the experiment's own). With ``train=False``
+    nothing is trained: a model without all its finished runs is left out."""
+    n = 1 if profile == "quick" else seeds
+    configs = {label: sweep.seeded(experiments.notebook_config(name, profile, epochs=epochs, device=device), n, seed)
+               for label, name in improved.MODELS.items()}
+    if train:
+        records = iter(sweep.run_many([c for cfgs in configs.values() for c in cfgs], data_root=data_root,
+                                      runs_dir=runs_dir, executor=executor))
+        return {label: [next(records) for _ in cfgs] for label, cfgs in configs.items()}
+    found = {label: [runs.find_finished(c, data_root=data_root, runs_dir=runs_dir) for c in cfgs]
+             for label, cfgs in configs.items()}
+    return {label: recs for label, recs in found.items() if all(recs)}
+
+
+def task2_records_logged() -> dict:
+    """``{label: [run record per seed]}`` of the Task 2 runs this report build has used so far (the
+    run log of the report command), so that later sections compare with exactly those; {} outside a
+    report build or before Task 2 ran."""
+    log = os.environ.get(paths.ENV_RUN_LOG)
+    if not log or not Path(log).is_file():
+        return {}
+    folders = [d for d in dict.fromkeys(Path(log).read_text(encoding="utf-8").split("\n")) if d]
+    found = {label: [runs.load_run(d) for d in folders if Path(d).name.rpartition("-")[0] == name and runs.is_finished(d)]
+             for label, name in improved.MODELS.items()}
+    return {label: recs for label, recs in found.items() if recs}
 
 
 def _sweep(configs, data, data_root, runs_dir, progress, executor) -> list[runs.RunRecord]:
@@ -54,42 +92,7 @@ def _sweep(configs, data, data_root, runs_dir, progress, executor) -> list[runs.
                           progress=progress)
 
 
-def _status(item) -> str:
-    return getattr(item, "status", None) or item.metrics.get("status", "?")
-
-
-def _percent(item, key: str) -> str:
-    """An accuracy in percent with two decimals, or "diverged" for a run that diverged."""
-    if _status(item) == DIVERGED:
-        return DIVERGED
-    value = item.metrics.get(key, math.nan)
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
-
-
-def comparison_table(records: Mapping[str, object], label: str = "run", losses: bool = False) -> pd.DataFrame:
-    """One row per run (a run record or a ``fit`` Run): parameters, final train and test accuracy in
-    percent (the text "diverged" for a diverged run) and the training time; with ``losses`` also the
-    final train and test loss (each run's own loss function). A status column appears only when some
-    run did not finish normally, and the device goes into the time column's header when all runs share it."""
-    rows = []
-    for name, item in records.items():
-        m = item.metrics
-        row = {label: name, "status": _status(item), "params": f"{m.get('params', 0):,}"}
-        if losses:
-            for split in ("train", "test"):
-                value = m.get(f"final_{split}_loss", math.nan)
-                ok = _status(item) != DIVERGED and value is not None and math.isfinite(value)
-                row[f"{split} loss"] = f"{value:.4g}" if ok else (DIVERGED if _status(item) == DIVERGED else "–")
-        row.update({"train acc (%)": _percent(item, "final_train_acc"), "test acc (%)": _percent(item, "final_test_acc"),
-                    "time (s)": f"{m.get('wall_s', math.nan):.0f}", "device": m.get("device", "?")})
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if (frame["status"] == "finished").all():
-        frame = frame.drop(columns="status")
-    if frame["device"].nunique() == 1:
-        frame = frame.drop(columns="device").rename(
-            columns={"time (s)": f"time (s, {tables.hardware(frame['device'].iloc[0])})"})
-    return frame
+_status = tables.run_status
 
 
 def comparison_lines(records: Mapping[str, object], reference: str) -> list[str]:
@@ -99,69 +102,20 @@ def comparison_lines(records: Mapping[str, object], reference: str) -> list[str]
     for name, item in records.items():
         if name == reference:
             continue
-        lines.append(f"{name} vs {reference}: test acc {_percent(item, 'final_test_acc')} vs "
-                     f"{_percent(ref, 'final_test_acc')} %, train acc {_percent(item, 'final_train_acc')} vs "
-                     f"{_percent(ref, 'final_train_acc')} % ({_status(item)} vs {_status(ref)})")
+        lines.append(f"{name} vs {reference}: test acc {tables.accuracy_cell(item, 'test')} vs "
+                     f"{tables.accuracy_cell(ref, 'test')} %, train acc {tables.accuracy_cell(item, 'train')} vs "
+                     f"{tables.accuracy_cell(ref, 'train')} % ({_status(item)} vs {_status(ref)})")
     return lines
-
-
-def finite(history) -> pd.DataFrame:
-    """A history as a DataFrame with +-inf replaced by NaN (a diverged run leaves a gap, not a broken axis)."""
-    frame = pd.DataFrame(getattr(history, "history", history))
-    return frame.replace([np.inf, -np.inf], np.nan)
-
-
-def epoch_ends(history) -> pd.DataFrame:
-    """The evaluation points at whole epochs (drops the extra points of ``eval_every_steps``)."""
-    frame = finite(history)
-    return frame[np.isclose(frame["epoch"], frame["epoch"].round())].reset_index(drop=True)
-
-
-LOSS_NAMES = {"cross_entropy": "Cross-entropy", "mse": "L2"}
-
-
-def plot_comparison(records: Mapping[str, object], title: str, metrics: Sequence[str] = ("loss", "acc"),
-                    splits: Sequence[str] = ("train", "test"), x: str = "epoch", epoch_ends_only: bool = False,
-                    loss_per_run: bool = False):
-    """One panel per metric, one line per (run, split): the runs of a study side by side.
-
-    ``epoch_ends_only`` keeps the evaluations at whole epochs (one point per epoch). ``loss_per_run``
-    gives each run's loss a panel of its own, with its own y-axis and the loss of a uniform guess as a
-    grey dotted line: for runs whose losses live on different scales (cross-entropy against L2)."""
-    pick = epoch_ends if epoch_ends_only else finite
-    histories = {name: pick(item.history) for name, item in records.items()}
-    panels = [(m, None) for m in metrics]
-    if loss_per_run and "loss" in metrics:
-        i = list(metrics).index("loss")
-        panels = panels[:i] + [("loss", name) for name in records] + panels[i + 1:]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 if len(panels) > 1 else 4.8, 3.3), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    handles, labels = [], []
-    for ax, (metric, run) in zip(axes[0], panels):
-        if run is None:
-            what = "Loss" if metric == "loss" else "Accuracy"
-            plots.plot_runs(histories, metric, splits=splits, x=x, ax=ax, title=what)
-            if not handles:
-                handles, labels = ax.get_legend_handles_labels()
-        else:
-            i, kind = list(records).index(run), records[run].config.loss
-            plots.plot_curves(histories[run], "loss", x=x, splits=splits, ax=ax, style={"color": colors[i % len(colors)]},
-                              title=f"{LOSS_NAMES.get(kind, kind)} loss")
-            ax.axhline(uniform_loss(kind), color="0.5", ls=(0, (1, 2)), lw=1.2)
-        ax.get_legend().remove()
-    if loss_per_run:
-        handles = handles + [plt.Line2D([], [], color="0.5", ls=(0, (1, 2)), lw=1.2)]
-        labels = labels + ["loss of a uniform guess"]
-    ncol = min(3, -(-len(labels) // max(1, len(splits))))  # one column per run: its splits stacked
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 * -(-len(labels) // ncol) + 0.02, 1, 1))
-    return fig
 
 
 def uniform_loss(kind: str = "cross_entropy", num_classes: int = 10) -> float:
     """The loss of a uniform softmax (all scores equal): ln 10 = 2.303 for cross-entropy, 0.09 for L2."""
     return train.sample_losses(torch.zeros(1, num_classes), torch.tensor([0]), kind).item()
+
+
+def uniform_losses(records: Mapping[str, object]) -> dict[str, float]:
+    """Each run's loss of a uniform guess (its own loss function), for :func:`cifarlib.plots.plot_comparison`."""
+    return {name: uniform_loss(item.config.loss) for name, item in records.items()}
 
 
 def start_gradients(num_classes: int = 10) -> tuple[float, float]:
@@ -184,9 +138,7 @@ NEAR_CHANCE = 0.2  # a 10-class network below 20 % test accuracy has not yet lea
 
 def acc(item, split: str = "test") -> float:
     """Final accuracy of ``split`` in percent (NaN when missing or the run diverged)."""
-    value = item.metrics.get(f"final_{split}_acc")
-    ok = _status(item) != DIVERGED and value is not None and math.isfinite(value)
-    return 100.0 * value if ok else math.nan
+    return math.nan if _status(item) == DIVERGED else tables.accuracy(item, split)
 
 
 def examples_to_reach(item, level: float, split: str = "val") -> int | None:
@@ -296,7 +248,6 @@ def describe_losses(records: Mapping[str, object], reference: str) -> str:
     ref = records[reference]
     sentences = []
     for name, item in records.items():
-        loss, start = item.metrics.get("final_train_loss", math.nan), uniform_loss(item.config.loss)
         kind = LOSS_NAMES.get(item.config.loss, item.config.loss)
         kind = kind if kind.isupper() else kind.lower()
         if _status(item) == DIVERGED:

@@ -1,17 +1,22 @@
 """Result tables: plain pandas DataFrames, rendered as Markdown so they are real tables in Jupyter
 and in the LaTeX PDF (a bare DataFrame prints as monospace text there).
 
-Accuracies are stored as fractions (0..1) in run records and shown in percent here.
+Accuracies are stored as fractions (0..1) in run records and shown in percent here, read through
+:func:`accuracy` (as a table cell: :func:`accuracy_cell`). The tables that compare run records live
+here; an analysis that computes as it tabulates (the ablation's effects, the models' cost) keeps its
+table beside its computation.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Iterable, Mapping
 
 import pandas as pd
 
 SPLITS = ("train", "val", "test")
+DIVERGED = "diverged"  # the status of a run whose loss stopped being a finite number
 SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
 
@@ -86,13 +91,45 @@ def _metrics_of(item) -> Mapping:
     return getattr(item, "metrics", item)
 
 
+# ---- the one accessor and the one formatter of a run's accuracy -----------------------------------
+
+def accuracy(item, split: str = "test", prefix: str = "final") -> float:
+    """The ``split`` accuracy of a run in percent (``prefix`` "final": of the weights the run returned;
+    "best": at its lowest validation loss); NaN when the run has none. ``item``: a run record, a fit()
+    Run or a metrics dict."""
+    value = _metrics_of(item).get(f"{prefix}_{split}_acc")
+    return math.nan if value is None else 100.0 * value
+
+
+def mean_accuracy(items: Iterable, split: str = "test") -> float:
+    """The mean ``split`` accuracy of several runs (seeds), in percent: the mean of the stored fractions,
+    then scaled, so that it ranks and rounds as the fractions do. NaN when a run has none."""
+    values = [_metrics_of(item).get(f"final_{split}_acc") for item in items]
+    if not values or any(v is None for v in values):
+        return math.nan
+    return 100.0 * (sum(values) / len(values))
+
+
+def run_status(item) -> str:
+    """How a run ended ("finished", "early_stopped", "diverged", ...), from a record, Run or metrics."""
+    return getattr(item, "status", None) or _metrics_of(item).get("status", "?")
+
+
+def accuracy_cell(item, split: str = "test") -> str:
+    """:func:`accuracy` as a results table shows it: two decimals, "diverged" for a run that diverged,
+    "–" when there is no value."""
+    if run_status(item) == DIVERGED:
+        return DIVERGED
+    value = accuracy(item, split)
+    return "–" if not math.isfinite(value) else f"{value:.2f}"
+
+
 def final_metrics_row(metrics: Mapping, prefix: str = "final") -> dict:
     """``{"train loss": .., "train acc (%)": .., ...}`` from ``final_train_loss``-style keys."""
     row = {}
     for split in SPLITS:
         row[f"{SPLIT_NAMES[split]} loss"] = metrics.get(f"{prefix}_{split}_loss", float("nan"))
-        acc = metrics.get(f"{prefix}_{split}_acc", float("nan"))
-        row[f"{SPLIT_NAMES[split]} acc (%)"] = 100.0 * acc
+        row[f"{SPLIT_NAMES[split]} acc (%)"] = accuracy(metrics, split, prefix)
     return row
 
 
@@ -193,3 +230,57 @@ def _fmt_value(v) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     return "none" if v is None else str(v)
+
+
+# ---- tables of run records -------------------------------------------------------------------------
+
+def comparison_table(records: Mapping[str, object], label: str = "run", losses: bool = False) -> pd.DataFrame:
+    """One row per run (a run record or a ``fit`` Run): parameters, final train and test accuracy in
+    percent (the text "diverged" for a diverged run) and the training time; with ``losses`` also the
+    final train and test loss (each run's own loss function). A status column appears only when some
+    run did not finish normally, and the device goes into the time column's header when all runs share it."""
+    rows = []
+    for name, item in records.items():
+        m = item.metrics
+        row = {label: name, "status": run_status(item), "params": f"{m.get('params', 0):,}"}
+        if losses:
+            for split in ("train", "test"):
+                value = m.get(f"final_{split}_loss", math.nan)
+                ok = run_status(item) != DIVERGED and value is not None and math.isfinite(value)
+                row[f"{split} loss"] = f"{value:.4g}" if ok else (DIVERGED if run_status(item) == DIVERGED else "–")
+        row.update({"train acc (%)": accuracy_cell(item, "train"), "test acc (%)": accuracy_cell(item, "test"),
+                    "time (s)": f"{m.get('wall_s', math.nan):.0f}", "device": m.get("device", "?")})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if (frame["status"] == "finished").all():
+        frame = frame.drop(columns="status")
+    if frame["device"].nunique() == 1:
+        frame = frame.drop(columns="device").rename(
+            columns={"time (s)": f"time (s, {hardware(frame['device'].iloc[0])})"})
+    return frame
+
+
+def target_table(records: dict, targets: dict, assignment: float) -> pd.DataFrame:
+    """Per model (label -> run records): mean test accuracy and wall time over its runs against
+    ``targets`` (label -> {"test_acc": fraction, "wall_s": seconds}; a missing entry: no target) and
+    the assignment's accuracy ``assignment`` (a fraction)."""
+    rows = []
+    for label, recs in records.items():
+        acc = sum(r.metrics["final_test_acc"] for r in recs) / len(recs)  # a fraction, as the targets are
+        wall = sum(r.metrics["wall_s"] for r in recs) / len(recs)
+        goal = targets.get(label, {})
+        rows.append({"model": label, "runs": len(recs), "mean test acc %": round(100 * acc, 2),
+                     f"assignment ({100 * assignment:g}%)": _verdict(acc >= assignment),
+                     "target test acc %": _pct(goal.get("test_acc")),
+                     "met": _verdict(acc >= goal["test_acc"]) if "test_acc" in goal else "-",
+                     "mean wall s": round(wall), "target wall s": goal.get("wall_s", "-"),
+                     "wall met": _verdict(wall <= goal["wall_s"]) if "wall_s" in goal else "-"})
+    return pd.DataFrame(rows)
+
+
+def _verdict(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def _pct(fraction: float | None):
+    return "-" if fraction is None else round(100 * fraction, 2)

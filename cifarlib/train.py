@@ -5,11 +5,13 @@ CONTRACT (other modules rely on these names; keep them):
     cfg = TrainConfig(model="baseline", epochs=10, lr=5e-2, ...)   # bad values -> CifarlibError naming key, value, allowed
     cfg = TrainConfig.from_dict({...}); cfg.to_dict(); cfg.replace(**changes)   # unknown keys -> CifarlibError
     model = build(cfg, splits)                                      # seeded init (cfg.seed), shapes from the data
+    build_kwargs(cfg, splits) -> dict                               # what build passes to the model's builder
     run = fit(model, splits, cfg)                                   # -> Run
     run.status in {"finished", "early_stopped", "diverged", "interrupted"}
     run.history: list[dict] with keys HISTORY_COLUMNS (one row per evaluation point)
     run.metrics: dict (final_* and best_* values, epochs_run, params, wall_s, device, status)
     evaluate(model, loader_or_imageset, ...) -> (loss, acc)
+    for logits, y in inference(model, batches, device, tta_flip, precision): ...   # eval mode, no grad
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import nn
 
 from cifarlib import models, paths
 from cifarlib.data import CROP_FILLS, Augment, ImageSet, Loader, Splits
-from cifarlib.errors import CifarlibError
+from cifarlib.errors import CifarlibError, first_line
 
 # One row of the history per evaluation point.
 HISTORY_COLUMNS = [
@@ -40,7 +42,6 @@ HISTORY_COLUMNS = [
     "train_loss", "train_acc",  # proper evaluation on a fixed training subset (see TrainConfig.train_eval_size)
     "val_loss", "val_acc", "test_loss", "test_acc",
 ]
-STATUSES = ("finished", "early_stopped", "diverged", "interrupted")
 
 DATASETS = ("cifar10", "mnist", "synthetic")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -55,8 +56,8 @@ CHECK_EVERY = 25  # steps between reads of the running loss (divergence check, p
 
 @dataclass
 class TrainConfig:
-    """Everything that determines a training run. Units in the comments. Flows unchanged into the
-    papermill ``parameters`` cell, the run record (config.json) and the report tables."""
+    """Everything that determines a training run. Units in the comments. Saved as the run record's
+    config.json (and hashed into its folder name); the report's settings tables show it."""
 
     name: str = "run"  # label for the run record folder (letters, digits, . _ -)
     model: str = "baseline"  # a name from cifarlib.models.model_names()
@@ -182,6 +183,8 @@ _RULES = {
     "device": (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
                "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
     "precision": _choices(PRECISIONS),
+    "seed": (lambda v: 0 <= v <= 2**63 - 1, "an integer from 0 to 2**63 - 1"),
+    "split_seed": (lambda v: 0 <= v <= 2**63 - 1, "an integer from 0 to 2**63 - 1"),
 }
 
 
@@ -230,7 +233,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     auto on CUDA: bf16 where the GPU has it, else fp16. auto on MPS: fp32.
     auto on CPU: bf16 autocast when the CPU has native bf16 instructions (AVX512-BF16 or AMX), else
-    fp32. Measured on the 2-core AMD EPYC (AVX512-BF16) development machine, torch 2.15, Table-1
+    fp32. Measured early in the project on the 2-core AMD EPYC (AVX512-BF16) development machine, Table-1
     model, batch 64, SGD, 40 timed steps after 5 warm-up steps, two repeats (noisy shared machine):
     fp32 NCHW 514/1151 img/s, fp32 channels_last 1929/1502, bf16 NCHW 2222/1852,
     bf16 channels_last 2652/2887 -> bf16 + channels_last is the fastest, about 1.5-2x fp32.
@@ -256,27 +259,29 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
-def _shape_kwargs(model_name: str, splits: Splits | None) -> dict:
-    """Builder arguments that come from the data: in_channels / num_classes / image_size (passed on to
-    builders that take them or **kwargs), and the input statistics input_mean / input_std (only to
-    builders that name them: the transfer model un-normalizes its input with them)."""
-    if splits is None:
-        return {}
-    _, channels, height, _ = splits.train.images.shape
-    shapes = {"in_channels": channels, "num_classes": len(splits.classes), "image_size": height}
-    stats = {"input_mean": tuple(splits.mean), "input_std": tuple(splits.std)}
-    named, takes_any = models.builder_arguments(model_name)
-    kw = {k: v for k, v in shapes.items() if takes_any or k in named}
-    return {**kw, **{k: v for k, v in stats.items() if k in named}}
+def build_kwargs(cfg: TrainConfig, splits: Splits | None = None) -> dict:
+    """The arguments :func:`build` passes to the model's builder: from ``splits`` the shapes
+    (in_channels / num_classes / image_size, to builders that take them or **kwargs) and the input
+    statistics (input_mean / input_std, only to builders that name them: the transfer model
+    un-normalizes its input with them); then ``cfg.model_kw``, which wins. A run record keeps them, so
+    that its model can be rebuilt without the data."""
+    kw = {}
+    if splits is not None:
+        _, channels, height, _ = splits.train.images.shape
+        shapes = {"in_channels": channels, "num_classes": len(splits.classes), "image_size": height}
+        stats = {"input_mean": tuple(splits.mean), "input_std": tuple(splits.std)}
+        named, takes_any = models.builder_arguments(cfg.model)
+        kw = {**{k: v for k, v in shapes.items() if takes_any or k in named},
+              **{k: v for k, v in stats.items() if k in named}}
+    return {**kw, **cfg.model_kw}
 
 
 def build(cfg: TrainConfig, splits: Splits | None = None) -> nn.Module:
-    """The model of ``cfg``, initialised from ``cfg.seed`` (the global RNG state is left as it was).
-    Input channels, classes and image size come from ``splits`` unless ``cfg.model_kw`` sets them."""
-    kw = {**_shape_kwargs(cfg.model, splits), **cfg.model_kw}
+    """The model of ``cfg`` built with :func:`build_kwargs`, initialised from ``cfg.seed`` (the global
+    RNG state is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return models.build_model(cfg.model, **kw)
+        return models.build_model(cfg.model, **build_kwargs(cfg, splits))
 
 
 # ---- optimisation pieces -------------------------------------------------------------------------
@@ -372,27 +377,39 @@ def evaluate(model: nn.Module, loader, device=None, tta_flip: bool = False, loss
         if mean is None or std is None:
             raise CifarlibError("evaluate() of an ImageSet needs mean= and std= (e.g. splits.mean, splits.std)")
         loader = Loader(loader, batch_size=batch_size, mean=mean, std=std, device=device)
-    was_training = model.training
-    model.eval()
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     loss_sum = torch.zeros((), dtype=acc_dtype, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     n = 0
+    with contextlib.closing(inference(model, loader, device, tta_flip, precision)) as batches:
+        for logits, y in batches:
+            with torch.inference_mode():
+                loss_sum += sample_losses(logits, y, loss).sum()
+                correct += (logits.argmax(dim=1) == y).sum()
+            n += len(y)
+    if n == 0:
+        return math.nan, math.nan
+    return loss_sum.item() / n, correct.item() / n
+
+
+def inference(model: nn.Module, batches, device, tta_flip: bool = False, precision: str = "fp32"):
+    """Yield (float32 logits, labels) on ``device`` for each (x, y) of ``batches``: the one forward pass
+    of evaluation and prediction: eval mode (restored when the generator ends: close it, e.g. with
+    ``contextlib.closing``, if you stop early), and per batch ``torch.inference_mode`` and autocast at
+    ``precision``; ``tta_flip`` averages the logits of each image and its horizontal mirror."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
     try:
-        with torch.inference_mode(), autocast(device, precision):
-            for x, y in loader:
+        for x, y in batches:
+            with torch.inference_mode(), autocast(device, precision):  # not held while the caller runs
                 x, y = x.to(device), y.to(device)
                 logits = model(x).float()
                 if tta_flip:
                     logits = (logits + model(x.flip(-1)).float()) / 2
-                loss_sum += sample_losses(logits, y, loss).sum()
-                correct += (logits.argmax(dim=1) == y).sum()
-                n += len(y)
+            yield logits, y
     finally:
         model.train(was_training)
-    if n == 0:
-        return math.nan, math.nan
-    return loss_sum.item() / n, correct.item() / n
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -479,6 +496,25 @@ def _summary(history: list[dict], best: dict | None, restored: bool) -> dict:
             "best_epoch": best["epoch"], "best_step": best["step"], "restored_best": restored}
 
 
+def _check_input(model: nn.Module, loader: Loader, cfg: TrainConfig, precision: str) -> None:
+    """One image through ``model`` in eval mode, without gradients (no weight, statistic or random
+    state changes), so that a model that cannot take these images fails at once in one line."""
+    x = loader.normalize(loader.images[:1])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(loader.device, precision):
+            model(x)
+    except RuntimeError as err:
+        if isinstance(err, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
+            raise
+        _, c, h, w = x.shape
+        raise CifarlibError(f"model {cfg.model!r} cannot take {c}-channel {h}x{w} images ({first_line(err)}); give "
+                            "it images of the size and channels it is built for") from None
+    finally:
+        model.train(was_training)
+
+
 def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | None = None) -> Run:
     """Train ``model`` on ``splits.train`` as ``cfg`` says; evaluate at each epoch end (and every
     ``cfg.eval_every_steps`` steps) on the train subset, validation and test sets.
@@ -499,11 +535,15 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
     precision = resolve_precision(cfg.precision, device)
     if len(splits.train) == 0:
         raise CifarlibError("the training split is empty; select more images (train_per_class) or a smaller val_size")
+    if len(splits.classes) < 2 or len(torch.unique(splits.train.labels)) < 2:
+        raise CifarlibError(f"the training split holds {len(torch.unique(splits.train.labels))} class(es) of "
+                            f"{len(splits.classes)}; a classifier needs images of at least 2 classes")
     if cfg.early_stop_patience and len(splits.val) == 0:
         raise CifarlibError("early stopping needs validation images; set val_fraction > 0 or early_stop_patience=None")
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     net = torch.compile(model) if cfg.compile else model
     train_loader, eval_loaders = _loaders(splits, cfg, device)
+    _check_input(model, train_loader, cfg, precision)
     steps_per_epoch = len(train_loader)
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -22,6 +22,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
+from cifarlib import data
 from cifarlib.errors import CifarlibError
 from cifarlib.models.transfer import NOT_PRETRAINED, ResNet18Transfer
 
@@ -39,8 +40,6 @@ def load_image(image, data_root=None) -> tuple[torch.Tensor, str]:
 
 
 def _cifar_test_image(index: int, data_root=None) -> tuple[torch.Tensor, str]:
-    from cifarlib import data
-
     test = (ds := data.load("cifar10", root=data_root)).test
     if not -len(test) <= index < len(test):
         raise CifarlibError(f"image index {index} is outside the CIFAR-10 test set (0..{len(test) - 1}); "
@@ -50,16 +49,8 @@ def _cifar_test_image(index: int, data_root=None) -> tuple[torch.Tensor, str]:
 
 
 def _image_file(path: Path) -> tuple[torch.Tensor, str]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise CifarlibError(f"cannot read image file {path} ({type(err).__name__}); pass a PNG/JPEG file "
-                            "or a CIFAR-10 test index") from None
-    pixels = torchvision.transforms.functional.pil_to_tensor(rgb).float() / 255
-    return pixels, path.name
+    rgb = data.decode_image(path, fix="pass a PNG/JPEG file or a CIFAR-10 test index")
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255, path.name
 
 
 def resized(model: ResNet18Transfer, pixels: torch.Tensor, size: int = VIS_SIZE) -> torch.Tensor:

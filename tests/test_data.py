@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from cifarlib import data as D
+from cifarlib.data import command as data_command
 from cifarlib import paths
 from cifarlib.cli import main as cli_main
 from cifarlib.errors import CifarlibError
@@ -397,7 +398,7 @@ def test_root_from_environment_variables(tmp_path, monkeypatch):
     assert D.load("cifar10", cache_dir=tmp_path / "cache").classes == ["a", "b"]
     assert D.load("mnist", cache_dir=tmp_path / "cache").classes == ["0", "1", "2"]
     monkeypatch.delenv(paths.ENV_DATA)
-    monkeypatch.setattr(D, "probe", lambda url, timeout=None: "offline (stand-in)")  # default location, no network
+    monkeypatch.setattr(D.sources, "probe", lambda url, timeout=None: "offline (stand-in)")  # default location, no network
     with pytest.raises(CifarlibError) as excinfo:
         D.load("cifar10", cache_dir=tmp_path / "cache")
     assert "--data-root" in one_line_error(excinfo) and "$CIFARLIB_DATA" in str(excinfo.value)
@@ -465,7 +466,7 @@ def write_cifar_batches(folder: Path, rows_per_batch=4, seed=0) -> dict:
 
 def test_official_batches_load_and_verify(tmp_path, monkeypatch):
     md5s = write_cifar_batches(tmp_path / "root" / "cifar-10-batches-py")
-    monkeypatch.setattr(D, "_cifar_batch_md5", lambda: md5s)
+    monkeypatch.setattr(D.sources, "_cifar_batch_md5", lambda: md5s)
     ds = D.load("cifar10", root=tmp_path / "root", cache_dir=tmp_path / "cache")
     assert ds.source == "cifar-batches" and ds.classes == D.CIFAR10_CLASSES
     assert ds.train.images.shape == (20, 3, 32, 32) and ds.test.images.shape == (4, 3, 32, 32)
@@ -477,7 +478,7 @@ def test_official_batches_load_and_verify(tmp_path, monkeypatch):
 def test_official_batches_truncated_or_wrong_checksum(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
     md5s = write_cifar_batches(folder)
-    monkeypatch.setattr(D, "_cifar_batch_md5", lambda: md5s)
+    monkeypatch.setattr(D.sources, "_cifar_batch_md5", lambda: md5s)
     data = (folder / "data_batch_3").read_bytes()
     (folder / "data_batch_3").write_bytes(data[: len(data) // 2])
     with pytest.raises(CifarlibError) as excinfo:
@@ -599,14 +600,14 @@ def test_mixed_image_sizes_name_file_and_both_sizes(tmp_path):
 
 def test_cli_prints_summary_and_cold_then_warm(tmp_path, capsys):
     write_tree(tmp_path / "data", classes=("cat", "dog"), n_train=3, n_test=2)
-    assert D.cli(["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert data_command.main(["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     assert "image-folder" in out and str(tmp_path / "data") in out and "3 x 6 x 8" in out
     assert "cold (cache miss" in out and "warm (cache hit)" in out
     assert "train 6" in out and "test 4" in out
     cat_row = next(line for line in out.splitlines() if line.split()[:1] == ["cat"])
     assert cat_row.split()[1:] == ["3", "2"]
-    assert D.cli(["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert data_command.main(["--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "s warm (cache hit); second load" in capsys.readouterr().out
 
 
@@ -664,3 +665,176 @@ def test_runs_with_different_seeds_do_not_share_epochs(small):
 
     assert not torch.equal(epoch(1, 0), epoch(0, 1))
     assert torch.equal(epoch(1, 0), epoch(1, 0))
+
+
+# ----------------------------------------------------------------------------- faults from the probe (issue 18)
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    root = tmp_path / "data"
+    values = np.array([[0, 257 * 100, 65535], [257, 257 * 200, 128]], dtype=np.uint16)
+    for split_name in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split_name / cls).mkdir(parents=True)
+            Image.fromarray(values).save(root / split_name / cls / "0.png")
+    assert Image.open(root / "train" / "a" / "0.png").mode.startswith("I")
+    ds = D.load("cifar10", root=root, cache_dir=tmp_path / "cache")
+    assert ds.train.images.shape[1:] == (1, 2, 3)
+    assert ds.train.images[0, 0].tolist() == [[0, 100, 255], [1, 200, 0]]
+
+
+def test_a_tree_with_one_class_is_refused(tmp_path):
+    write_tree(tmp_path / "data", classes=("cat",))
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    message = one_line_error(excinfo)
+    assert "only one class folder (cat)" in message and "at least 2" in message
+
+
+def test_an_oversized_image_is_refused_from_its_header_before_decoding(tmp_path, monkeypatch):
+    write_tree(tmp_path / "data", size=(40, 50))
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(D.sources, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    message = one_line_error(excinfo)
+    assert "000.png is 50x40 pixels" in message and "resize" in message
+
+
+def test_a_decompression_bomb_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    write_tree(tmp_path / "data", size=(40, 50))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 2000 pixels > 2 x 100: PIL raises its bomb error
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert "000.png" in one_line_error(excinfo)
+
+
+def test_an_archive_with_an_uncreatable_cache_folder_is_one_line(tmp_path):
+    write_tree(tmp_path / "tree")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tmp_path / "tree", "tree")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=archive, cache_dir=blocker / "cache")
+    message = one_line_error(excinfo)
+    assert str(blocker / "cache") in message and paths.ENV_CACHE in message
+
+
+def _tar_with(archive: Path, tree: Path, extra: list) -> None:
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tree / "train", "train")
+        tf.add(tree / "test", "test")
+        for info, payload in extra:
+            tf.addfile(info, payload)
+
+
+@pytest.mark.parametrize("old_python", [False, True])
+def test_archive_device_nodes_are_refused(tmp_path, monkeypatch, old_python):
+    if old_python:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    write_tree(tmp_path / "tree")
+    device = tarfile.TarInfo("train/cat/null")
+    device.type, device.devmajor, device.devminor = tarfile.CHRTYPE, 1, 3
+    _tar_with(tmp_path / "dev.tar.gz", tmp_path / "tree", [(device, None)])
+    with pytest.raises(CifarlibError) as excinfo:
+        D.load("cifar10", root=tmp_path / "dev.tar.gz", cache_dir=tmp_path / "cache")
+    assert "cannot extract archive" in one_line_error(excinfo)
+    assert not [p for p in (tmp_path / "cache").rglob("null")]
+
+
+@pytest.mark.parametrize("old_python", [False, True])
+def test_archive_setuid_bits_are_dropped(tmp_path, monkeypatch, old_python):
+    import io
+    import stat
+
+    if old_python:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    write_tree(tmp_path / "tree")
+    payload = b"#!/bin/sh\n"
+    tool = tarfile.TarInfo("tool.sh")
+    tool.size, tool.mode = len(payload), 0o6777
+    _tar_with(tmp_path / "suid.tar.gz", tmp_path / "tree", [(tool, io.BytesIO(payload))])
+    D.load("cifar10", root=tmp_path / "suid.tar.gz", cache_dir=tmp_path / "cache")
+    [extracted] = (tmp_path / "cache").rglob("tool.sh")
+    mode = extracted.stat().st_mode
+    assert not mode & (stat.S_ISUID | stat.S_ISGID) and not mode & stat.S_IWOTH
+
+
+def test_a_half_extracted_folder_is_removed_by_the_next_load(tmp_path):
+    write_tree(tmp_path / "tree")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tmp_path / "tree", "tree")
+    D.load("cifar10", root=archive, cache_dir=tmp_path / "cache")
+    [done] = [p for p in (tmp_path / "cache" / "extracted").iterdir() if not p.name.startswith(".")]
+    shutil.rmtree(done)
+    for cached in (tmp_path / "cache" / "data").iterdir():
+        cached.unlink()
+    killed = done.parent / f".{done.name}.k1lled_x"  # what a process killed mid-extraction leaves (mkdtemp's name)
+    other = done.parent / f".{done.name}.kept-by-another-archive"  # not a staging folder of this archive
+    (killed / "tree" / "train").mkdir(parents=True)
+    other.mkdir()
+    D.load("cifar10", root=archive, cache_dir=tmp_path / "cache")
+    assert done.is_dir() and not killed.exists() and other.is_dir()
+
+
+def test_an_archive_is_extracted_under_a_lock_that_a_second_process_waits_for(tmp_path):
+    import fcntl
+    import threading
+
+    write_tree(tmp_path / "tree")
+    archive = tmp_path / "tree.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tmp_path / "tree", "tree")
+    cache = tmp_path / "cache"
+    D.load("cifar10", root=archive, cache_dir=cache)
+    [done] = [p for p in (cache / "extracted").iterdir() if not p.name.startswith(".")]
+    shutil.rmtree(done)
+    shutil.rmtree(cache / "data")
+    with open(cache / "locks" / f"extract-{done.name}.lock", "a+") as held:  # another process is extracting
+        fcntl.flock(held, fcntl.LOCK_EX)
+        loading = threading.Thread(target=D.load, args=("cifar10", archive), kwargs={"cache_dir": cache})
+        loading.start()
+        loading.join(1.0)
+        assert loading.is_alive() and not done.exists(), "the extraction must wait for the lock"
+    loading.join(60)
+    assert not loading.is_alive() and done.is_dir()
+
+
+def test_a_validation_fraction_that_rounds_to_no_images_names_it(small):
+    tiny = D.subset(small, train_per_class=4)  # 20 training images
+    with pytest.raises(CifarlibError) as excinfo:
+        D.split(tiny, val_fraction=0.01)
+    message = one_line_error(excinfo)
+    assert "val_fraction=0.01" in message and "20 training images" in message and "0.05" in message
+    assert len(D.split(tiny, val_fraction=0.0).val) == 0  # no validation set asked for: fine
+
+
+@pytest.mark.parametrize("augment, key", [(D.Augment(crop_pad=12), "crop_pad=12"), (D.Augment(cutout=40), "cutout=40")])
+def test_augmentation_larger_than_the_image_is_refused(small, augment, key):
+    with pytest.raises(CifarlibError) as excinfo:
+        D.Loader(small.train, 16, (0.5,) * 3, (0.25,) * 3, augment=augment)
+    message = one_line_error(excinfo)
+    assert key in message and "12x12" in message
+    D.Loader(small.train, 16, (0.5,) * 3, (0.25,) * 3, augment=D.Augment(crop_pad=11, cutout=11))
+
+
+def test_non_utf8_file_names_print_under_a_strict_utf8_stdout(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "data"
+    write_tree(root)
+    for split_name in ("train", "test"):
+        os.rename(root / split_name / "cat", os.fsencode(root / split_name) + b"/caf\xe9")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "CIFARLIB_CACHE": str(tmp_path / "cache"),
+           "CIFARLIB_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "cifarlib", "data", "--data-root", str(root)], env=env,
+                          capture_output=True, text=True, errors="replace", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "caf" in proc.stdout

@@ -52,7 +52,7 @@ def stub_probe(monkeypatch, reason: str | None) -> list[str]:
         asked.append(url)
         return reason
 
-    monkeypatch.setattr(D, "probe", probe)
+    monkeypatch.setattr(D.sources, "probe", probe)
     return asked
 
 
@@ -60,7 +60,7 @@ def forbid_probe(monkeypatch) -> None:
     def probe(url, timeout=None):
         raise AssertionError(f"probed {url} although no download was due")
 
-    monkeypatch.setattr(D, "probe", probe)
+    monkeypatch.setattr(D.sources, "probe", probe)
 
 
 def md5(path: Path) -> str:
@@ -112,7 +112,7 @@ def downloads(monkeypatch):
             if state.fail is not None:
                 (Path(self.root) / "cifar-10-batches-py" / "test_batch").unlink()
                 raise state.fail
-            for key, value in lists.items():  # the published MD5 sums, as far as data.py is concerned
+            for key, value in lists.items():  # the published MD5 sums, as far as the data package is concerned
                 setattr(type(self), key, value)
 
     class MNIST(datasets.MNIST):  # named MNIST: torchvision's folder is ROOT/<class name>/raw
@@ -176,6 +176,27 @@ def test_default_absent_and_online_downloads_once_then_reuses(home, downloads, m
     forbid_probe(monkeypatch)
     again = D.load(name)
     assert len(downloads.calls) == 1 and again.info["cache"] == "hit" and again.identity == ds.identity
+
+
+def test_a_download_killed_midway_is_cleaned_and_a_waiting_one_reuses_the_first(home, downloads, monkeypatch, capsys):
+    import fcntl
+    import threading
+
+    stub_probe(monkeypatch, None)
+    killed = home / "datasets" / ".cifar10.k1lled_x"  # the staging folder of a download killed with kill -9
+    (killed / "cifar-10-batches-py").mkdir(parents=True)
+    lock = home / "locks" / "download-cifar10.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a+") as held:  # another process is downloading
+        fcntl.flock(held, fcntl.LOCK_EX)
+        loading = threading.Thread(target=D.load, args=("cifar10",))
+        loading.start()
+        loading.join(1.0)
+        assert loading.is_alive() and not downloads.calls, "the download must wait for the lock"
+    loading.join(60)
+    assert not loading.is_alive() and len(downloads.calls) == 1
+    assert [p.name for p in (home / "datasets").iterdir()] == ["cifar10"]  # the killed one's folder is gone
+    assert "another process is downloading" in capsys.readouterr().err
 
 
 def test_default_present_is_read_without_probe_or_download(home, downloads, monkeypatch):

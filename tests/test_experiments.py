@@ -58,3 +58,44 @@ def test_experiments_command_lists_a_table(capsys):
     assert len(lines) == 1 + len(experiments.names())
     assert cli.main(["experiments", "--profile", "quick"]) == 0
     assert next(x for x in capsys.readouterr().out.splitlines() if x.startswith("baseline ")).split()[3] == "1"
+
+
+# ---- notebook_config: the one path from a notebook's knobs to a config ------------------------------
+
+NOTEBOOK_KNOBS = ("epochs", "seed", "device", "lr", "train_per_class")  # what parameter cells pass, and more
+
+
+@pytest.mark.parametrize("profile", experiments.PROFILES)
+def test_notebook_config_with_every_knob_none_is_the_experiments_own(profile):
+    for name in experiments.names():
+        cfg = experiments.notebook_config(name, profile, **dict.fromkeys(NOTEBOOK_KNOBS))
+        assert cfg == experiments.config(name, profile), name
+
+
+@pytest.mark.parametrize("profile", experiments.PROFILES)
+def test_an_explicit_knob_wins_in_both_profiles(profile):
+    for name in experiments.names():
+        own = experiments.config(name, profile)
+        epochs = max(own.epochs, experiments.config(name, "full").epochs) + 2  # neither profile's value
+        cfg = experiments.notebook_config(name, profile=profile, epochs=epochs, seed=own.seed + 1, device="cpu")
+        assert (cfg.epochs, cfg.seed, cfg.device) == (epochs, own.seed + 1, "cpu"), name
+        assert cfg == own.replace(epochs=epochs, seed=own.seed + 1, device="cpu"), name  # nothing else moves
+
+
+def test_the_quick_profile_changes_only_the_defaults():
+    full, quick = experiments.config("baseline"), experiments.config("baseline", "quick")
+    assert quick.epochs < full.epochs  # the quick budget is the default ...
+    assert experiments.notebook_config("baseline", "quick", epochs=None).epochs == quick.epochs
+    assert experiments.notebook_config("baseline", "quick", epochs=full.epochs).epochs == full.epochs  # ... not a cap
+
+
+def test_notebook_config_refuses_an_unknown_knob_by_name_even_when_none():
+    for value in (3, None):
+        with pytest.raises(CifarlibError, match=r"^unknown knob\(s\) epoch: not a config key; known keys: ") as err:
+            experiments.notebook_config("baseline", "full", epoch=value)
+        assert "\n" not in str(err.value)
+    with pytest.raises(CifarlibError, match="unknown profile 'slow'"):
+        experiments.notebook_config("baseline", "slow")
+    with pytest.raises(CifarlibError, match="unknown experiment 'nope'"):
+        experiments.notebook_config("nope")
+

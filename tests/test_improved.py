@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlib import ablation, data, evaluation, experiments, runs, train
+from cifarlib import ablation, data, evaluation, experiments, plots, runs, studies, train
 from cifarlib.ablation import AblationResult, Change
 from cifarlib.errors import CifarlibError
 from cifarlib.experiments.improved import LOO, LOO_LABELS, LOO_WHY, LOO_WHY_HURTS
@@ -241,7 +241,7 @@ def test_missing_metrics_and_unpaired_changes_are_errors():
 
 def test_plot_effects_draws_one_bar_per_change_with_intervals():
     table = ablation.paired_effects(_result())
-    fig = ablation.plot_effects(table)
+    fig = plots.plot_effects(table)
     ax = fig.axes[0]
     assert len(ax.patches) == 4
     height = {t.get_text(): y for t, y in zip(ax.get_yticklabels(), ax.get_yticks())}
@@ -358,13 +358,14 @@ def test_whitening_runs_in_fp32_under_bf16_autocast():
 def test_target_table_holds_the_seed_means_to_each_models_targets():
     from types import SimpleNamespace
 
-    from cifarlib.experiments.improved import target_table
+    from cifarlib.experiments.improved import ASSIGNMENT_TEST_ACC, TARGETS
+    from cifarlib.tables import target_table
 
     def recs(*pairs):
         return [SimpleNamespace(metrics={"final_test_acc": acc, "wall_s": wall}) for acc, wall in pairs]
 
     table = target_table({"Model A": recs((0.86, 250.0), (0.85, 370.0)), "Model B": recs((0.901, 1200.0), (0.897, 1.0)),
-                          "other": recs((0.70, 5.0),)}).set_index("model")
+                          "other": recs((0.70, 5.0),)}, TARGETS, ASSIGNMENT_TEST_ACC).set_index("model")
     assert table.loc["Model A", "mean test acc %"] == 85.5 and table.loc["Model A", "met"] == "yes"
     assert table.loc["Model A", "mean wall s"] == 310 and table.loc["Model A", "wall met"] == "NO"  # 310 s > 300 s
     assert table.loc["Model B", "mean test acc %"] == 89.9 and table.loc["Model B", "met"] == "NO"
@@ -377,7 +378,6 @@ def test_task2_records_logged_reads_the_runs_this_build_used(tmp_path, monkeypat
     from types import SimpleNamespace
 
     from cifarlib import paths, runs
-    from cifarlib.experiments import improved
 
     made = {}
     for folder in ("improved_a-aaa", "improved_b-bbb", "improved_b-ccc", "baseline-ddd"):
@@ -388,8 +388,8 @@ def test_task2_records_logged_reads_the_runs_this_build_used(tmp_path, monkeypat
     monkeypatch.setattr(runs, "is_finished", lambda d: True)
     monkeypatch.setattr(runs, "load_run", lambda d: made[Path(d).name])
     monkeypatch.setenv(paths.ENV_RUN_LOG, str(log))
-    found = improved.task2_records_logged()
+    found = studies.task2_records_logged()
     assert {k: [r.name for r in v] for k, v in found.items()} == {
         "Model A": ["improved_a-aaa"], "Model B": ["improved_b-bbb", "improved_b-ccc"]}
     monkeypatch.delenv(paths.ENV_RUN_LOG)
-    assert improved.task2_records_logged() == {}
+    assert studies.task2_records_logged() == {}

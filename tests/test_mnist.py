@@ -74,12 +74,6 @@ def test_variants_differ_from_the_main_config_in_one_setting_only():
     assert (main["model"], main["lr"], main["loss"]) == ("mnist_lenet", 0.01, "cross_entropy")
 
 
-def test_notebook_epochs_apply_to_the_full_profile_only():
-    assert mnist_experiments.notebook_overrides("full", epochs=3, device="cpu", seed=None) == {"epochs": 3, "device": "cpu"}
-    knobs = mnist_experiments.notebook_overrides("quick", epochs=3, seed=1)
-    assert knobs == {"seed": 1} and experiments.config("mnist_main", "quick", **knobs).epochs == 1
-
-
 def test_study_groups_name_registered_experiments():
     for group in (mnist_experiments.LR_SWEEP, mnist_experiments.LOSSES, mnist_experiments.NETWORKS):
         assert "mnist_main" in group.values() and set(group.values()) <= set(MNIST_EXPERIMENTS)
@@ -112,7 +106,7 @@ def test_diverged_run_reads_diverged_in_the_comparison_table(digits_like):
     good = _fit(digits_like, model="mnist_small", optimizer="adam", lr=3e-3, epochs=1)
     bad = _fit(digits_like, model="mnist_lenet", lr=1e30, momentum=0.5, epochs=1)  # weights overflow to inf
     assert bad.status == "diverged"
-    table = studies.comparison_table({"ok": good, "too large lr": bad}, label="lr").set_index("lr")
+    table = tables.comparison_table({"ok": good, "too large lr": bad}, label="lr").set_index("lr")
     assert table.loc["too large lr", "test acc (%)"] == "diverged"
     assert table.loc["too large lr", "status"] == "diverged"
     assert float(table.loc["ok", "test acc (%)"]) == pytest.approx(100 * good.metrics["final_test_acc"], abs=0.01)
@@ -127,7 +121,7 @@ def test_run_group_trains_once_then_reads_the_records(tmp_path):
     again = studies.run_group(group, **knobs)["small net"]
     assert (first.cached, again.cached) == (False, True) and again.dir == first.dir
     assert again.status == "finished" and len(again.history) == 3  # quick: 3 full batches of 128 of the 450 digits, an evaluation after each
-    assert studies.comparison_table({"small net": again}).loc[0, "params"] == f"{first.metrics['params']:,}"
+    assert tables.comparison_table({"small net": again}).loc[0, "params"] == f"{first.metrics['params']:,}"
 
 
 def test_an_empty_seed_list_is_refused_before_anything_trains(tmp_path):
@@ -152,7 +146,7 @@ def test_l2_gradient_at_a_uniform_softmax_is_fifty_times_smaller():
 
 def test_epoch_ends_keep_whole_epochs_only():
     history = [{"epoch": e, "step": int(e * 4)} for e in (0.5, 1.0, 1.5, 2.0)]
-    assert studies.epoch_ends(history)["epoch"].tolist() == [1.0, 2.0]
+    assert plots.epoch_ends(history)["epoch"].tolist() == [1.0, 2.0]
 
 
 # --- the report's generated sentences and figures, on made-up records --------------------------------------
@@ -246,7 +240,7 @@ def test_describe_networks_reads_the_seed_spread():
 def test_comparison_table_hides_constant_columns():
     runs = {"cross-entropy": _record([0.9], 0.97, train_loss=0.2303),
             "L2": _record([0.3], 0.30, loss="mse", train_loss=0.0855)}
-    table = studies.comparison_table(runs, label="loss", losses=True)
+    table = tables.comparison_table(runs, label="loss", losses=True)
     assert list(table.columns) == ["loss", "params", "train loss", "test loss", "train acc (%)", "test acc (%)",
                                    "time (s, CPU)"]
     assert table.loc[1, "train loss"] == "0.0855"
@@ -257,7 +251,8 @@ def test_loss_per_run_gives_each_loss_its_own_panel_and_prints_legibly(x):
     runs = {"cross-entropy": _record([0.9, 0.95, 0.97, 0.98], 0.97, train_loss=0.2303),
             "L2 (softmax vs one-hot)": _record([0.1, 0.2, 0.25, 0.3], 0.30, loss="mse", train_loss=0.0855)}
     plt.rcParams.update(plots.STYLE)
-    fig = studies.plot_comparison(runs, "Cross-entropy against L2", x=x, loss_per_run=True, epoch_ends_only=x == "epoch")
+    fig = plots.plot_comparison(runs, "Cross-entropy against L2", x=x, loss_per_run=True, epoch_ends_only=x == "epoch",
+                                loss_levels=studies.uniform_losses(runs))
     try:
         titles = [ax.get_title() for ax in fig.axes]
         assert titles == ["Cross-entropy loss", "L2 loss", "Accuracy"]

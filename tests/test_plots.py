@@ -88,7 +88,7 @@ class _Rec:
 def _figures():
     import torch
 
-    from cifarlib import ablation, evaluation, studies, theory, visualize
+    from cifarlib import evaluation, theory, visualize
 
     gen = torch.Generator().manual_seed(0)
     n, classes = 40, ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -106,11 +106,11 @@ def _figures():
     yield "loss and accuracy", plots.plot_loss_and_accuracy(_Rec(8, 4).history, "Main configuration", x="examples_seen")
     yield "runs", plots.plot_runs({"ResNet18 transfer (ImageNet weights)": _Rec(), "Model B": _Rec()}, "loss",
                                   splits=("train", "val"), title="Training and validation loss")
-    yield "comparison", studies.plot_comparison(runs, "Learning-rate sweep (SGD, momentum 0.5)")
+    yield "comparison", plots.plot_comparison(runs, "Learning-rate sweep (SGD, momentum 0.5)")
     yield "confusion", plots.plot_confusion(np.random.default_rng(0).integers(0, 900, (10, 10)), classes)
     yield "gallery", evaluation.plot_misclassified(pred)
     yield "conv by hand", theory.plot_conv_by_hand(theory.CONV_IMAGE, theory.SOBEL_KERNEL, padding=1)
-    yield "ablation", ablation.plot_effects(effects.assign(change=[f"ingredient {k}" for k in range(10)]))
+    yield "ablation", plots.plot_effects(effects.assign(change=[f"ingredient {k}" for k in range(10)]))
     for pretrained in (True, False):
         yield "activations", visualize.plot_activations(image, torch.randn(1, 64, 128, 128, generator=gen),
                                                         title="conv1 activations, CIFAR-10 test image 3 (cat)",
@@ -137,3 +137,16 @@ def test_axis_labels_of_neighbouring_panels_that_run_into_each_other_are_found()
     for ax in axes:
         ax.set_xlabel("epoch")
     assert plots.print_problems(fig) == []
+
+
+def test_a_figures_folder_that_cannot_be_made_is_one_line(tmp_path):
+    from cifarlib.errors import CifarlibError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    fig, ax = plt.subplots()
+    with pytest.raises(CifarlibError) as excinfo:
+        plots.save(fig, "x", figures_dir=blocker / "figures")
+    plt.close(fig)
+    message = str(excinfo.value)
+    assert "\n" not in message and str(blocker / "figures") in message and "CIFARLIB_FIGURES" in message

@@ -130,6 +130,9 @@ def test_params_file_scopes_and_yaml_numbers(tmp_path):
     path.write_text("- just a list\n")
     with pytest.raises(CifarlibError, match="must map"):
         report.read_params_file(str(path))
+    path.write_bytes(b"all: {seed: \xff}\n")  # not UTF-8
+    with pytest.raises(CifarlibError, match="is not UTF-8 text"):
+        report.read_params_file(str(path))
 
 
 def test_only_passes_parameters_a_notebook_defines(nb_dir):
@@ -192,6 +195,23 @@ def test_a_second_build_into_the_same_folder_stops_at_once(nb_dir, isolated, cap
         code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--only", "01", "--out", out, "--no-pdf")
     assert_one_line_error(code, err, "another report build is writing to", "--out")
     assert not (out / "report.html").exists()
+
+
+def test_a_full_disk_during_the_export_is_one_line_and_keeps_no_partial_file(nb_dir, isolated, capsys, monkeypatch):
+    import errno
+
+    real_fsync = os.fsync
+
+    def full_for_the_report(fd):
+        if "report.html" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_for_the_report)
+    out = isolated / "out"
+    code, _, err = run_cli(capsys, "--notebooks", nb_dir, "--only", "01", "--out", out, "--no-pdf")
+    assert_one_line_error(code, err, str(out / "report.html"), "No space left on device")
+    assert not list(out.glob("*report.html*"))
 
 
 def test_unknown_executor_fails_before_anything_runs(nb_dir, capsys):
@@ -326,7 +346,8 @@ def test_provenance_row_from_a_run_record():
     rec = SimpleNamespace(dir=Path("runs/baseline-3f2a9c01de"), config={"name": "baseline", "seed": 2},
                           metrics={"wall_s": 12.5}, env={"git_commit": "0123456789abcdef", "git_dirty": True,
                                                          "torch": "2.5.1", "device": "cuda:0", "wall_s": 61.25})
-    assert report.run_row(rec) == ["`baseline`", "`3f2a9c01de`", 2, "0123456789 (dirty)", "2.5.1", "cuda:0", "61.2 s"]
+    assert report.run_row(rec) == ["`baseline`", "`3f2a9c01de`", 2, "0123456789ab (uncommitted changes)", "2.5.1",
+                                   "cuda:0", "61.2 s"]
 
 
 def test_figures_get_numbered_captions():
@@ -544,7 +565,7 @@ def offline_machine(tmp_path, isolated, monkeypatch, stand_in_notebook):
         monkeypatch.delenv(env, raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     asked = []
-    monkeypatch.setattr(data, "probe", lambda url, timeout=None: asked.append(url) or "offline (stand-in)")
+    monkeypatch.setattr(data.sources, "probe", lambda url, timeout=None: asked.append(url) or "offline (stand-in)")
     folder = tmp_path / "nbs"
     folder.mkdir()
     stand_in_notebook(folder / "01_plain.ipynb", 'profile = "full"\nseed = 0')

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from cifarlib import paths, cli, data, runs, train
+from cifarlib import cli, commands, data, paths, runs, train
 from cifarlib.errors import CifarlibError
 from cifarlib.models import build_model
 from cifarlib.train import TrainConfig
@@ -90,6 +90,12 @@ def test_code_version_covers_the_engine_and_the_models_own_module(tmp_path, monk
     train_py = pkg / "train.py"
     train_py.write_text(train_py.read_text().replace("CHECK_EVERY = 25", "CHECK_EVERY = 26"))
     assert all(runs.code_version(m) != after[m] for m in after)  # the engine: every model
+    engine = {m: runs.code_version(m) for m in before}
+    (pkg / "data" / "command.py").write_text("# the data command line: decides no result\n")
+    assert {m: runs.code_version(m) for m in before} == engine
+    loader = pkg / "data" / "loader.py"
+    loader.write_text(loader.read_text().replace("chunk: int = 8192", "chunk: int = 4096"))
+    assert all(runs.code_version(m) != engine[m] for m in engine)  # the data package is the engine too
 
 
 def test_a_run_without_the_done_marker_is_never_taken_as_finished(ds, tmp_path):
@@ -189,7 +195,7 @@ def test_prepare_splits_applies_subset_val_size_and_memoizes(ds):
 
 
 def test_parse_sets():
-    assert runs.parse_sets(["epochs=3", "lr=1e-3", "flip=true", "name=abc", "val_size=null", "model_kw={}"]) == {
+    assert commands.parse_sets(["epochs=3", "lr=1e-3", "flip=true", "name=abc", "val_size=null", "model_kw={}"]) == {
         "epochs": 3, "lr": 1e-3, "flip": True, "name": "abc", "val_size": None, "model_kw": {}}
 
 

@@ -3,6 +3,8 @@ and typography (minus, times, arrows) as print has it."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from cifarlib import tables
@@ -42,3 +44,18 @@ def test_hardware_in_a_readers_words():
     assert tables.hardware("cpu", "bf16", 2) == "CPU, 2 threads, bfloat16"
     assert tables.hardware("cuda:0", "fp32") == "GPU (cuda:0), float32"
     assert tables.hardware("cpu") == "CPU"
+
+
+def test_one_accessor_and_one_formatter_for_a_runs_accuracy():
+    from types import SimpleNamespace
+
+    finished = SimpleNamespace(status="finished", metrics={"final_test_acc": 0.8125, "best_test_acc": 0.83,
+                                                           "final_val_acc": 0.5})
+    diverged = SimpleNamespace(status="diverged", metrics={"final_test_acc": 0.1})
+    assert tables.accuracy(finished) == 81.25 and tables.accuracy(finished, prefix="best") == 83.0
+    assert tables.accuracy({"final_val_acc": 0.5}, "val") == 50.0  # a metrics dict works too
+    assert math.isnan(tables.accuracy(finished, "train"))
+    assert tables.accuracy(diverged) == 10.0  # the number stays; only its cell says how the run ended
+    assert [tables.accuracy_cell(r) for r in (finished, diverged)] == ["81.25", "diverged"]
+    assert tables.accuracy_cell(finished, "train") == "–"
+    assert tables.mean_accuracy([finished, {"final_test_acc": 0.7875}]) == 80.0

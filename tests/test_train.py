@@ -412,3 +412,35 @@ def test_norm_lr_scale_speeds_up_normalization_parameters_only():
         torch.testing.assert_close(fast[name], plain[name])
     with pytest.raises(CifarlibError, match="norm_lr_scale"):
         tiny(norm_lr_scale=0)
+
+
+# ---- faults from the probe (issue 18) --------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["seed", "split_seed"])
+@pytest.mark.parametrize("value", [2**64, 2**63, -1])
+def test_seeds_beyond_63_bits_or_negative_are_refused(key, value):
+    with pytest.raises(CifarlibError) as excinfo:
+        tiny(**{key: value})
+    message = str(excinfo.value)
+    assert "\n" not in message and f"{key}={value}" in message and "2**63 - 1" in message
+    assert tiny(**{key: 2**63 - 1}).to_dict()[key] == 2**63 - 1
+
+
+def test_images_too_small_for_the_model_are_one_line(splits):
+    one_pixel = data.Splits(*(data.ImageSet(s.images[:, :, :1, :1].contiguous(), s.labels)
+                              for s in (splits.train, splits.val, splits.test)),
+                            splits.classes, splits.mean, splits.std, "1x1")
+    cfg = tiny(model="baseline")
+    with pytest.raises(CifarlibError) as excinfo:
+        train.fit(train.build(cfg, one_pixel), one_pixel, cfg, progress=False)
+    message = str(excinfo.value)
+    assert "\n" not in message and "1x1" in message and "baseline" in message
+
+
+def test_training_on_a_single_class_is_refused(splits):
+    only = splits.train.labels == 0
+    one_class = data.Splits(data.ImageSet(splits.train.images[only], splits.train.labels[only]), splits.val,
+                            splits.test, splits.classes[:1], splits.mean, splits.std, "one")
+    cfg = tiny()
+    with pytest.raises(CifarlibError, match="at least 2 classes"):
+        train.fit(train.build(cfg, one_class), one_class, cfg, progress=False)

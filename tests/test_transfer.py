@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from cifarlib import visualize
+from cifarlib import data, visualize
 from cifarlib.errors import CifarlibError
 from cifarlib.models import build_model, count_params
 from cifarlib.models import transfer
@@ -243,8 +243,23 @@ def test_image_file_is_read(tmp_path, model):
     assert shown.shape == (3, 256, 256) and acts.shape == (1, 64, 128, 128)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"no image")
-    with pytest.raises(CifarlibError, match="cannot read image file"):
+    with pytest.raises(CifarlibError, match="cannot decode image .*bad.png"):
         visualize.load_image(str(bad))
+
+
+
+def test_a_huge_image_file_is_refused_from_its_header(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (300, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL's own bomb error for 60,000 > 2 x 100 pixels
+    with pytest.raises(CifarlibError, match="huge.png"):
+        visualize.load_image(str(path))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**9)
+    monkeypatch.setattr(data.sources, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(CifarlibError, match="300x200 pixels"):
+        visualize.load_image(str(path))
 
 
 def test_plots_return_titled_figures(model):

@@ -3,8 +3,18 @@
 CONTRACT:
     register(name, description, part, quick=None, **config)   # quick: overrides for the quick profile; part: "baseline" | "improved" | "transfer" | "mnist"
     get(name) -> Experiment ; names() -> list[str] ; config(name, profile="full", **overrides) -> TrainConfig
+    notebook_config(name, profile="full", **knobs) -> TrainConfig   # the one path from a notebook's knobs to a run
+    config_from(name, profile, overrides: dict) -> TrainConfig       # the CLI's --set (a null there is a value)
+    apply_change(reference: dict, changes: dict) -> dict ; Change(name, description, changes)   # recipe variants
+The profile rule, the same for every experiment and every caller: the profile chooses the experiment's
+own values (full: its config; quick: its config with its quick overrides), and a value given explicitly
+(an override, a knob, a --set) always wins, in both profiles. In notebook_config a knob left at None
+means "the experiment's own value for this profile"; a knob that is no TrainConfig field is refused
+(CifarlibError naming it), None or not.
 Each report part defines its experiments in its own module here (baseline.py, improved.py, transfer.py,
-mnist.py), imported at the bottom of this file.
+mnist.py), imported at the bottom of this file. Nothing here trains or imports the run store
+(:mod:`cifarlib.runs` and :mod:`cifarlib.sweep` sit above); a part's helpers that describe its
+results (targets, settings tables, sentences) work on the run records they are given.
 
 The config is checked when it is registered (a typo fails at import, not after an hour of training);
 the run record folder is named after the experiment.
@@ -12,8 +22,8 @@ the run record folder is named after the experiment.
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Mapping
 
 from cifarlib.errors import CifarlibError
 from cifarlib.train import TrainConfig
@@ -29,6 +39,23 @@ class Experiment:
     part: str  # the report part it belongs to
     config: dict  # TrainConfig fields that differ from the defaults (full profile)
     quick: dict = field(default_factory=dict)  # overrides on top of config for the quick profile
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change to a reference config, for the experiments that vary a recipe one ingredient at a time."""
+
+    name: str  # short identifier; the variant experiment is called "<prefix>_<name>"
+    description: str  # what changed, in words, for the tables
+    changes: dict  # TrainConfig keys -> values; a "model_kw" dict is merged into the reference's
+
+
+def apply_change(reference: Mapping, changes: Mapping) -> dict:
+    """The reference config (a dict) with ``changes`` applied; ``model_kw`` is merged key by key."""
+    out = {**reference, **changes}
+    if "model_kw" in changes:
+        out["model_kw"] = {**reference.get("model_kw", {}), **changes["model_kw"]}
+    return out
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
@@ -68,6 +95,23 @@ def config_from(name: str, profile: str, overrides: dict) -> TrainConfig:
     return _resolve(get(name), profile, overrides)
 
 
+_CONFIG_KEYS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def notebook_config(name: str, /, profile: str = "full", **knobs) -> TrainConfig:
+    """The TrainConfig of experiment ``name`` for a notebook's knobs (TrainConfig fields, e.g.
+    ``epochs=None, seed=0, device="auto"``). A knob left at None is dropped, so it keeps the experiment's
+    own value for ``profile``; any other knob wins in both profiles (the quick profile changes only the
+    defaults). With every knob None this is ``config(name, profile)``. None is never a value here: to
+    set a field to None (``early_stop_patience=None``), use :func:`config`. A knob that is no
+    TrainConfig field is refused even when None, so a typo in a parameters cell fails at once."""
+    unknown = sorted(set(knobs) - _CONFIG_KEYS)
+    if unknown:
+        raise CifarlibError(f"unknown knob(s) {', '.join(unknown)}: not a config key; known keys: "
+                            f"{', '.join(sorted(_CONFIG_KEYS))}")
+    return _resolve(get(name), profile, {k: v for k, v in knobs.items() if v is not None})
+
+
 def _resolve(exp: Experiment, profile: str, overrides: dict) -> TrainConfig:
     if profile not in PROFILES:
         raise CifarlibError(f"unknown profile {profile!r}; use one of: {', '.join(PROFILES)}")
@@ -76,7 +120,7 @@ def _resolve(exp: Experiment, profile: str, overrides: dict) -> TrainConfig:
 
 
 def table(profile: str = "full") -> list[dict]:
-    """One row per experiment (plain data, for the CLI and the report)."""
+    """One row per experiment (plain data, for ``python -m cifarlib experiments``)."""
     rows = []
     for exp in _EXPERIMENTS.values():
         cfg = config(exp.name, profile)
@@ -85,28 +129,5 @@ def table(profile: str = "full") -> list[dict]:
     return rows
 
 
-def cli(argv: list[str]) -> int:
-    """``python -m cifarlib experiments [--profile quick|full]``: the named experiments as a table."""
-    from cifarlib.cli import OneLineParser
-
-    p = OneLineParser(prog="python -m cifarlib experiments", description="List the named experiments.")
-    p.add_argument("--profile", choices=PROFILES, default="full", help="whose epochs to show")
-    args = p.parse_args(argv)
-    rows = table(args.profile)
-    cols = ["name", "part", "model", "epochs", "description"]
-    widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols[:-1]}
-    print("  ".join(f"{c:<{widths[c]}}" for c in cols[:-1]) + "  description")
-    for r in rows:
-        print("  ".join(f"{str(r[c]):<{widths[c]}}" for c in cols[:-1]) + "  " + r["description"])
-    return 0
-
-
-# Each part registers its experiments on import. Parts written later may not exist yet: skip exactly
-# those, and let any other import error (a bug inside a part) surface.
-for _part in ("baseline", "improved", "transfer", "mnist"):
-    _module = f"{__name__}.{_part}"
-    try:
-        importlib.import_module(_module)
-    except ModuleNotFoundError as _err:
-        if _err.name != _module:
-            raise
+# Each part registers its experiments on import.
+from cifarlib.experiments import baseline, improved, mnist, transfer  # noqa: E402,F401

@@ -12,11 +12,8 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
-from cifarlib.ablation import Change, apply_change
 from cifarlib import tables
-from cifarlib.experiments import register
+from cifarlib.experiments import Change, apply_change, register
 
 EPOCHS = 10  # the assignment's budget for the improved models
 
@@ -106,13 +103,6 @@ for _change in LOO:
 
 # ---- notebook helpers ---------------------------------------------------------------------------
 
-def overrides(profile: str, epochs: int | None = None, device: str | None = None) -> dict:
-    """Config overrides for the notebook's knobs. The quick profile keeps its own one-epoch budget,
-    so ``epochs`` applies to the full profile only; ``None`` keeps the experiment's value."""
-    out = {"device": device} if device is not None else {}
-    return out if profile == "quick" or epochs is None else {**out, "epochs": int(epochs)}
-
-
 # How each model's weights start (not a TrainConfig value, so stated here for the replication table).
 INITIALISATION = {
     "improved_a": "conv and dense weights Kaiming (He) normal, biases 0; BN scale 1, shift 0",
@@ -133,31 +123,6 @@ TARGETS = {"Model A": {"test_acc": 0.85, "wall_s": 300.0}, "Model B": {"test_acc
 ASSIGNMENT_TEST_ACC = 0.75
 
 
-def target_table(records: dict, targets: dict = TARGETS) -> pd.DataFrame:
-    """Per model (label -> run records): mean test accuracy and wall time over its runs against
-    ``targets`` (label -> {"test_acc": fraction, "wall_s": seconds}; a missing entry: no target)."""
-    rows = []
-    for label, recs in records.items():
-        acc = sum(r.metrics["final_test_acc"] for r in recs) / len(recs)
-        wall = sum(r.metrics["wall_s"] for r in recs) / len(recs)
-        goal = targets.get(label, {})
-        rows.append({"model": label, "runs": len(recs), "mean test acc %": round(100 * acc, 2),
-                     "assignment (75%)": _verdict(acc >= ASSIGNMENT_TEST_ACC),
-                     "target test acc %": _pct(goal.get("test_acc")),
-                     "met": _verdict(acc >= goal["test_acc"]) if "test_acc" in goal else "-",
-                     "mean wall s": round(wall), "target wall s": goal.get("wall_s", "-"),
-                     "wall met": _verdict(wall <= goal["wall_s"]) if "wall_s" in goal else "-"})
-    return pd.DataFrame(rows)
-
-
-def _verdict(ok: bool) -> str:
-    return "yes" if ok else "NO"
-
-
-def _pct(fraction: float | None):
-    return "-" if fraction is None else round(100 * fraction, 2)
-
-
 def replication_settings(records) -> dict:
     """Everything a reader needs to repeat a model's runs: the config keys of :data:`TABLE_KEYS`,
     the initialisation, the seeds, the data split sizes and where it ran."""
@@ -175,34 +140,10 @@ def replication_settings(records) -> dict:
 MODELS = {"Model A": "improved_a", "Model B": "improved_b"}
 
 
-def mean_metric(records: list, key: str) -> float:
-    return sum(r.metrics[key] for r in records) / len(records)
-
-
 def best_model(records: dict) -> str:
     """The label of Task 2's best model: the highest mean validation accuracy over its seeds
     (validation chooses; test accuracy is only reported)."""
-    return max(records, key=lambda label: mean_metric(records[label], "final_val_acc"))
-
-
-def task2_records(profile: str = "full", seed: int = 0, seeds: int = 3, epochs: int | None = None,
-                  device: str | None = None, data_root=None, runs_dir=None, train: bool = True,
-                  executor=None) -> dict:
-    """``{label: [run record per seed]}`` of both models as Task 2 trains them (the quick profile
-    runs one seed), all runs in one sweep on ``executor``. With ``train=False`` nothing is trained: a
-    model without all its finished runs is left out."""
-    from cifarlib import experiments, runs, sweep
-
-    n = 1 if profile == "quick" else seeds
-    knobs = overrides(profile, epochs, device)
-    configs = {label: sweep.seeded(experiments.config(name, profile, **knobs), n, seed) for label, name in MODELS.items()}
-    if train:
-        records = iter(sweep.run_many([c for cfgs in configs.values() for c in cfgs], data_root=data_root,
-                                      runs_dir=runs_dir, executor=executor))
-        return {label: [next(records) for _ in cfgs] for label, cfgs in configs.items()}
-    found = {label: [runs.find_finished(c, data_root=data_root, runs_dir=runs_dir) for c in cfgs]
-             for label, cfgs in configs.items()}
-    return {label: recs for label, recs in found.items() if all(recs)}
+    return max(records, key=lambda label: tables.mean_accuracy(records[label], "val"))
 
 
 # ---- Task 2(e): names and mechanisms of the ingredients ---------------------------------------------
@@ -258,21 +199,3 @@ def passes_sentence(test_acc: dict, threshold: float) -> str:
     if not above:
         return f"neither reaches the assignment's {threshold:g} %."
     return f"only {above[0]} reaches the assignment's {threshold:g} %."
-
-
-def task2_records_logged() -> dict:
-    """``{label: [run record per seed]}`` of the Task 2 runs this report build has used so far (the
-    run log of the report command), so that later sections compare with exactly those; {} outside a
-    report build or before Task 2 ran."""
-    import os
-    from pathlib import Path
-
-    from cifarlib import paths, runs
-
-    log = os.environ.get(paths.ENV_RUN_LOG)
-    if not log or not Path(log).is_file():
-        return {}
-    folders = [d for d in dict.fromkeys(Path(log).read_text(encoding="utf-8").split("\n")) if d]
-    found = {label: [runs.load_run(d) for d in folders if Path(d).name.rpartition("-")[0] == name and runs.is_finished(d)]
-             for label, name in MODELS.items()}
-    return {label: recs for label, recs in found.items() if recs}

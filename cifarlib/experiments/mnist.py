@@ -47,14 +47,6 @@ NETWORKS = {"LeNet-5": "mnist_main", "small": "mnist_small"}
 TABLE_KEYS = ["model", "loss", "optimizer", "lr", "momentum", "batch_size", "epochs", "val_size",
               "eval_every_steps", "train_eval_size", "seed", "device", "precision"]
 
-
-def notebook_overrides(profile: str = "full", epochs: int | None = None, **knobs) -> dict:
-    """The notebook's knobs as config overrides. ``epochs`` applies to the full profile only (the quick
-    profile keeps its single epoch); a knob left at None keeps the experiment's value."""
-    if profile == "full" and epochs is not None:
-        knobs["epochs"] = epochs
-    return {k: v for k, v in knobs.items() if v is not None}
-
 # What the report calls each network.
 NETWORK_NAMES = {"mnist_lenet": "LeNet-5-style", "mnist_small": "small (two narrow convolutions)"}
 

@@ -8,7 +8,8 @@ weights (NOT PRETRAINED), 20 training / 10 test images per class, 64 x 64 inputs
 
 from __future__ import annotations
 
-from cifarlib.experiments import config, register
+from cifarlib import experiments, tables
+from cifarlib.experiments import register
 
 NAME = "transfer_resnet18"
 
@@ -42,14 +43,17 @@ TABLE_KEYS = ["model", "model_kw", "optimizer", "lr", "batch_size", "epochs", "e
 
 
 def notebook_config(profile: str = "full", pretrained: bool | None = None, weights_path: str | None = None,
-                    resolution: int | None = None, **overrides):
-    """The config of ``transfer_resnet18`` for ``profile``, with the notebook's knobs on top.
-    ``None`` keeps the profile's value; a ``weights_path`` implies ``pretrained=True`` unless told otherwise."""
+                    resolution: int | None = None, **knobs):
+    """:func:`cifarlib.experiments.notebook_config` of ``transfer_resnet18`` (``knobs``: TrainConfig fields),
+    plus the notebook's three model knobs, which go into ``model_kw``. The same rule for all of them:
+    None keeps the experiment's value for ``profile``, anything else wins in both profiles; a
+    ``weights_path`` implies ``pretrained=True`` unless told otherwise."""
     if weights_path is not None and pretrained is None:
         pretrained = True
-    knobs = dict(pretrained=pretrained, weights_path=weights_path, resolution=resolution)
-    model_kw = {**config(NAME, profile=profile).model_kw, **{k: v for k, v in knobs.items() if v is not None}}
-    return config(NAME, profile=profile, model_kw=model_kw, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = experiments.notebook_config(NAME, profile, **knobs)
+    model_kw = {k: v for k, v in dict(pretrained=pretrained, weights_path=weights_path, resolution=resolution).items()
+                if v is not None}
+    return cfg.replace(model_kw={**cfg.model_kw, **model_kw}) if model_kw else cfg
 
 
 def load_trained(record, device="cpu"):
@@ -70,7 +74,7 @@ def comparison_sentences(record, other, other_label: str, pretrained: bool) -> s
         return h["val_loss"].iloc[0], rec.metrics["final_val_loss"], rec.metrics["final_train_loss"]
 
     (first, last, train), (o_first, o_last, o_train) = losses(record), losses(other)
-    acc, o_acc = 100 * record.metrics["final_test_acc"], 100 * other.metrics["final_test_acc"]
+    acc, o_acc = tables.accuracy(record), tables.accuracy(other)
     text = (f"After its first epoch the transfer model's validation loss is {first:.3f}, against {o_first:.3f} for "
             f"{other_label}; at the end it is {last:.3f} against {o_last:.3f}. The transfer model's training loss ends "
             f"{abs(last - train):.3f} {'below' if train < last else 'above'} its validation loss, {other_label}'s "

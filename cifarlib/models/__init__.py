@@ -17,7 +17,8 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], str]] = {}
 
 
 def register(name: str, description: str):
-    """Decorator: register a builder ``fn(**kw) -> nn.Module`` under ``name``."""
+    """Decorator: register a builder ``fn(**kw) -> nn.Module`` under ``name``; ``description`` (one
+    line) documents it at the place of registration."""
 
     def deco(fn):
         if name in _REGISTRY:
@@ -30,10 +31,6 @@ def register(name: str, description: str):
 
 def model_names() -> list[str]:
     return sorted(_REGISTRY)
-
-
-def describe_models() -> dict[str, str]:
-    return {name: _REGISTRY[name][1] for name in model_names()}
 
 
 def builder_arguments(name: str) -> tuple[set[str], bool]:

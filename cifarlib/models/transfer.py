@@ -168,7 +168,7 @@ def check_weights(weights_path=None) -> str:
     """Where the ImageNet weights will come from, checked in seconds without loading them: the file
     given (``weights_path``, else ``$CIFARLIB_RESNET18_WEIGHTS``), else torchvision's cache, else its
     download server (reachable). Raises the one-line error of :func:`imagenet_state` otherwise."""
-    from cifarlib import data
+    from cifarlib.data import sources
 
     path = weights_path or os.environ.get(ENV_WEIGHTS) or None
     if path is not None:
@@ -181,7 +181,7 @@ def check_weights(weights_path=None) -> str:
     if os.path.isfile(cached):
         return f"ImageNet weights from torchvision's cache ({cached})"
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-    why = data.probe(url)
+    why = sources.probe(url)
     if why is None:
         return f"ImageNet weights: not cached yet, downloaded by torchvision on first use ({url})"
     raise CifarlibError(f"no ImageNet weights for ResNet18: not in torchvision's cache and its download server "
