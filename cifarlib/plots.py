@@ -343,3 +343,33 @@ def plot_effects(table: pd.DataFrame, title: str | None = None):
     ax.set_title(title or "Leave one out: what each ingredient of Model A is worth")
     fig.tight_layout()
     return fig
+
+
+class LiveCurves:
+    """Loss and accuracy of a training run, redrawn in place after every evaluation: pass it as
+    :func:`cifarlib.train.fit`'s ``callback``. In Jupyter one figure output updates as the run goes;
+    :meth:`close` leaves that output at its last state and closes the figure, so that Jupyter does not
+    show it a second time when the cell ends."""
+
+    def __init__(self, title: str):
+        from IPython.display import display
+
+        self.title = title
+        self.fig, self.axes = plt.subplots(1, 2, figsize=(6.4, 3.0))
+        self.fig.suptitle(f"{title}: waiting for the first evaluation")
+        self.handle = display(self.fig, display_id=True)
+        self.draws = 0
+
+    def __call__(self, history) -> None:
+        for ax in self.axes:
+            ax.clear()
+        plot_curves(history, "loss", ax=self.axes[0], title="Loss")
+        plot_curves(history, "acc", ax=self.axes[1], title="Accuracy")
+        self.fig.suptitle(self.title)
+        self.fig.tight_layout()
+        if self.handle is not None:
+            self.handle.update(self.fig)
+        self.draws += 1
+
+    def close(self) -> None:
+        plt.close(self.fig)

@@ -27,7 +27,8 @@ def checkout(where: Path | None = None) -> tuple[str | None, bool | None]:
 
 
 def commit_label(commit: str | None, dirty: bool | None) -> str:
-    """``0123456789ab`` or ``0123456789ab (uncommitted changes)``; "not a git checkout" without a commit."""
+    """``0123456789`` or ``0123456789 (modified)`` (the checkout had uncommitted changes); "not a git
+    checkout" without a commit."""
     if not commit:
         return "not a git checkout"
-    return commit[:12] + (" (uncommitted changes)" if dirty else "")
+    return commit[:10] + (" (modified)" if dirty else "")

@@ -677,8 +677,9 @@ def provenance_cells(parts: list[Part], runs: list, source: str, number: int, in
             "Each section was computed by one notebook, run with these parameters:",
             md_table(["notebook", "parameters", "wall time", "status"], part_rows)]
     if runs:
-        text += [f"Run records {source} (config hash: the suffix of the run's folder; wall time: "
-                 "the training time when the run was made).",
+        text += [f"Run records {source} (config hash: the suffix of the run's folder; git commit: the code's "
+                 "version, \"modified\" when it had uncommitted changes; wall time: the training time when the run "
+                 "was made).",
                  md_table(["run", "config hash", "seed", "git commit", "torch", "device", "wall time"],
                           [run_row(r) for r in runs])]
     else:

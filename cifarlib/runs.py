@@ -34,11 +34,15 @@ from __future__ import annotations
 import ast
 import datetime
 import hashlib
+import inspect
 import json
+import linecache
 import os
 import platform
 import shutil
 import sys
+import sysconfig
+import textwrap
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,18 +78,107 @@ def _code_only(source: str) -> str:
 def code_version(model: str | None = None) -> str:
     """Hash of the code that decides what a training run of ``model`` computes: the engine (train.py,
     the data package but its command line, models/__init__.py) and the module that defines ``model``
-    (None: every model module). Comments and docstrings are excluded."""
+    (None: every model module); for a model registered from outside the package, its own code instead
+    of a module (:func:`user_code`). Comments and docstrings are excluded."""
     folder = PACKAGE / "models"
+    if model is not None and models.is_user_model(model):
+        return _engine_digest([], user_code(models.builder_of(model)))
     if model is None:
         modules = sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
     else:
         modules = [folder / models.module_name(model)]
+    return _engine_digest(modules)
+
+
+def _engine_digest(model_modules: list[Path], user: str | None = None) -> str:
     data_modules = sorted(p for p in (PACKAGE / "data").glob("*.py") if p.name != "command.py")
     digest = hashlib.sha256()
-    for path in [PACKAGE / "train.py", *data_modules, folder / "__init__.py", *modules]:
+    for path in [PACKAGE / "train.py", *data_modules, PACKAGE / "models" / "__init__.py", *model_modules]:
         name = path.relative_to(PACKAGE).as_posix()
         digest.update(name.encode() + b"\0" + _code_only(path.read_text()).encode() + b"\0")
+    if user is not None:
+        digest.update(b"user\0" + user.encode() + b"\0")
     return digest.hexdigest()[:12]
+
+# ---- code identity of a network defined outside the package (a notebook cell, the user's own file) ----
+
+def _is_users(obj) -> bool:
+    """Whether ``obj`` (a class or function) is the user's code: defined in ``__main__`` (a notebook or
+    script) or in a file outside this package, the standard library and the installed packages."""
+    module = getattr(obj, "__module__", None) or ""
+    if module == "__main__":
+        return True
+    if module.split(".")[0] in ("cifarlib", "torch", "torchvision", "builtins") or module in sys.builtin_module_names:
+        return False
+    file = getattr(sys.modules.get(module), "__file__", None)
+    if not file:
+        return False
+    path = Path(file).resolve()
+    library = {Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")
+               if (p := sysconfig.get_paths().get(key))}
+    return not any(path.is_relative_to(folder) for folder in library | {PACKAGE})
+
+
+def _functions_of(obj) -> list:
+    """The functions whose code ``obj`` runs: itself, or a class's methods (properties included)."""
+    if inspect.isfunction(obj):
+        return [obj]
+    found = []
+    for value in vars(obj).values():
+        value = getattr(value, "__func__", value)  # staticmethod, classmethod
+        if isinstance(value, property):
+            found += [f for f in (value.fget, value.fset, value.fdel) if f is not None]
+        elif inspect.isfunction(value):
+            found.append(value)
+    return found
+
+
+def _names_used(code) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _names_used(const)
+    return names
+
+
+def _source_of(obj) -> str:
+    """``obj``'s source text. A class defined in a notebook cell has no file for ``inspect``; its
+    methods do (IPython keeps each cell's text), so the class is found in the cell of its first method."""
+    try:
+        return textwrap.dedent(inspect.getsource(obj))
+    except (OSError, TypeError):
+        pass
+    for function in _functions_of(obj) if inspect.isclass(obj) else []:
+        text = "".join(linecache.getlines(function.__code__.co_filename))
+        if not text:
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if (isinstance(node, ast.ClassDef) and node.name == obj.__name__
+                    and node.lineno <= function.__code__.co_firstlineno <= node.end_lineno):
+                return textwrap.dedent(ast.get_source_segment(text, node, padded=True))
+    raise CifarlibError(f"cannot read the source code of {getattr(obj, '__qualname__', obj)!r}, which its runs are "
+                        "keyed by; define it in a notebook cell or in a .py file (not with exec or a lambda)")
+
+
+def user_code(builder) -> str:
+    """The source of a user's network, as its runs are keyed: the builder (class or function) and every
+    class or function of the user's that it uses (base classes, and the names its code looks up, followed
+    recursively), each without comments and docstrings, in a fixed order. Editing any of them changes
+    it; editing other code, re-running the cell or restarting the kernel does not."""
+    sources, seen, todo = {}, set(), [builder]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or not (inspect.isclass(obj) or inspect.isfunction(obj)) or not _is_users(obj):
+            continue
+        seen.add(id(obj))
+        sources[f"{obj.__module__}.{obj.__qualname__}"] = _code_only(_source_of(obj))
+        if inspect.isclass(obj):
+            todo += list(obj.__mro__[1:])
+        for function in _functions_of(obj):
+            scope = {**function.__globals__, **inspect.getclosurevars(function).nonlocals}
+            todo += [scope[n] for n in sorted(_names_used(function.__code__)) if n in scope]
+    return "\n".join(f"{key}\n{text}" for key, text in sorted(sources.items()))
+
 
 
 def run_hash(cfg: train.TrainConfig, data_identity: str) -> str:
@@ -294,6 +387,8 @@ def load_run(path) -> RunRecord:
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
         env = json.loads((path / "env.json").read_text(encoding="utf-8"))
         history = pd.read_csv(path / "history.csv")
+        if isinstance(config, dict) and isinstance(config.get("model"), str):
+            models.stand_in(config["model"])  # a user's network this process has not defined: still readable
         cfg = train.TrainConfig.from_dict(config)
     except (ValueError, TypeError, AttributeError, pd.errors.ParserError, CifarlibError) as err:
         reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
@@ -359,7 +454,7 @@ def run_lock(run_dir: Path):
 
 
 def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=None, force: bool = False,
-                  progress: bool | None = None) -> RunRecord:
+                  progress: bool | None = None, callback=None) -> RunRecord:
     """The finished run of ``cfg`` on this data with this code, trained now if there is none.
 
     The run trains into a hidden staging folder under the run's lock and is published by renaming
@@ -368,7 +463,7 @@ def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=No
     is an flock: on a network file system it needs working locks (NFS with lockd).
     An interrupted run (Ctrl-C) is published with status "interrupted" but without the DONE marker,
     and then the KeyboardInterrupt is raised again so that a notebook or script stops; the next call
-    trains it again from the start.
+    trains it again from the start. ``callback``: passed to :func:`cifarlib.train.fit` (live curves).
     """
     root = atomic.writable_dir(paths.runs_dir(runs_dir), what="run records to",  # before loading data: fail fast
                               remedy=f"pass runs_dir=/--runs-dir or set {paths.ENV_RUNS} to a writable folder")
@@ -387,7 +482,7 @@ def train_or_load(cfg: train.TrainConfig, data=None, data_root=None, runs_dir=No
         stage = root / f".{run_dir.name}.partial-{platform.node()}-{os.getpid()}"
         stage.mkdir()
         model = train.build(cfg, splits)
-        run = train.fit(model, splits, cfg, progress=progress)
+        run = train.fit(model, splits, cfg, progress=progress, callback=callback)
         try:
             save_run(stage, run, train.build_kwargs(cfg, splits))
         except CifarlibError as err:

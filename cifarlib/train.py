@@ -21,6 +21,7 @@ import dataclasses
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -515,7 +516,8 @@ def _check_input(model: nn.Module, loader: Loader, cfg: TrainConfig, precision: 
         model.train(was_training)
 
 
-def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | None = None) -> Run:
+def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | None = None,
+        callback=None) -> Run:
     """Train ``model`` on ``splits.train`` as ``cfg`` says; evaluate at each epoch end (and every
     ``cfg.eval_every_steps`` steps) on the train subset, validation and test sets.
 
@@ -526,7 +528,9 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
     and one-hot targets. With ``cfg.lookahead`` a slow copy of the weights is taken after the first
     step (so that layers set from the first batch, like Model B's whitening, are in it), blended in
     every LOOKAHEAD_EVERY steps and at the last step, and returned as the model. ``progress``: a tqdm
-    bar (None: on unless CIFARLIB_PROGRESS=0).
+    bar (None: on unless CIFARLIB_PROGRESS=0). ``callback(history)`` is called after every evaluation
+    with the history so far (e.g. :class:`cifarlib.plots.LiveCurves`); if it fails, training goes on
+    without it after one warning.
     """
     from tqdm.auto import tqdm
 
@@ -592,6 +596,13 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
                 run_n = 0
                 bar.set_postfix(loss=f"{running[0]:.3f}", val_loss=f"{row['val_loss']:.3f}",
                                 val_acc=f"{row['val_acc']:.3f}")
+                if callback is not None:
+                    try:
+                        callback(history)
+                    except Exception as err:  # noqa: BLE001 - a drawing problem must not cost the run
+                        warnings.warn(f"the training callback failed ({first_line(err)}); training goes on "
+                                      "without it")
+                        callback = None
                 if row["val_loss"] < (best["val_loss"] if best else math.inf):
                     best, stale = history[-1], 0
                     if cfg.early_stop_patience and cfg.restore_best:

@@ -24,6 +24,8 @@ from cifarlib import paths
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+TEMPLATES = sorted((ROOT / "notebooks" / "templates").glob("*.ipynb"))  # copied by users into notebooks/
+CHECKED = NOTEBOOKS + TEMPLATES
 NBVAL_TIMEOUT_S = 1800  # one notebook on the quick profile takes minutes at most on 2 CPU cores
 
 
@@ -37,14 +39,14 @@ def read(path: Path):
 
 # ---- hygiene --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.stem)
 def test_notebook_is_committed_without_outputs(path):
     dirty = [i for i, c in enumerate(read(path).cells)
              if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
     assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; strip them (nbstripout)"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.stem)
 def test_notebook_has_one_parameters_cell_defining_profile(path):
     cells = tagged(read(path), "parameters")
     assert len(cells) == 1, f"{path.name}: {len(cells)} cells tagged 'parameters'; tag exactly one"
@@ -52,14 +54,14 @@ def test_notebook_has_one_parameters_cell_defining_profile(path):
     assert "profile" in parameter_names(path), f"{path.name}: the parameters cell must define `profile`"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.stem)
 def test_notebook_starts_with_a_title(path):
     first = read(path).cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# "), \
         f"{path.name}: the first cell must be markdown starting with '# <Part title>'"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.stem)
 def test_notebook_carries_no_papermill_metadata(path):
     nb = read(path)
     stale = "papermill" in nb.metadata or any("papermill" in c.metadata for c in nb.cells)
@@ -104,7 +106,7 @@ def tail(text: str, lines: int = 60) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.stem)
 def test_notebook_runs_under_nbval_on_quick_profile(path, tmp_path, quick_data):
     copy = quick_copy(path, tmp_path, quick_data)
     cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
