@@ -166,6 +166,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--fp32", action="store_true", help="also time cifarlib in fp32 (what precision auto gains)")
+    p.add_argument("--load", action="store_true",
+                   help="instead: cifarlib's training throughput idle and beside a competing 2-thread torch process, "
+                        "with OpenMP's default wait policy and with the passive one cifarlib sets, side by side")
     p.add_argument("--sweep", type=int, metavar="RUNS", default=None,
                    help="instead: time a sweep of RUNS short Model A runs, serial (one process, every core) "
                         "against the local executor (worker processes), side by side")
@@ -176,6 +179,8 @@ def cli(argv: list[str]) -> int:
         return sweep_bench(args.sweep, args.data_root, args.device)
     if args.steps < 1 or args.batch_size < 1 or args.workers < 0:
         p.error("--steps and --batch-size must be >= 1 and --workers >= 0")
+    if args.load:
+        return load_bench(args.data_root, args.steps, args.batch_size)
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
     if args.threads is not None:
@@ -245,4 +250,84 @@ def sweep_bench(n_runs: int, data_root, device: str) -> int:
         print(f"  {label:<32} {times[label]:7.1f} s  ({times[label] / n_runs:.1f} s a run)")
     serial_s, local_s = times.values()
     print(f"local executor speedup over serial: {serial_s / local_s:.2f}x")
+    return 0
+
+
+# ---- beside a competing process ---------------------------------------------------------------------
+
+# One measurement in a fresh process: torch is imported first, so that the OpenMP wait policy in the
+# environment (or its absence) is what the thread pool starts with.
+_MEASURE = """
+import json, sys
+import torch
+args = json.loads(sys.argv[1])
+from cifarlib import bench, train
+torch.set_num_threads(train.threads_for_load(2) if args["threads"] == "auto" else args["threads"])
+from cifarlib.models.cifar import Table1Net
+splits, _ = bench.bench_data(args["data_root"], args["steps"], args["batch"])
+shape = dict(in_channels=splits.train.images.shape[1], num_classes=len(splits.classes),
+             image_size=splits.train.images.shape[2])
+def table1():
+    torch.manual_seed(0)
+    return Table1Net(**shape)
+result = bench.cifarlib_pipeline(table1, splits, torch.device("cpu"), args["steps"], args["batch"])
+print(json.dumps({**result, "threads": torch.get_num_threads()}))
+"""
+# The competitor: another 2-thread torch job (matrix products) with OpenMP's default wait policy.
+_COMPETE = """
+import torch
+torch.set_num_threads(2)
+a = torch.randn(768, 768)
+while True:
+    a = torch.tanh(a @ a)
+"""
+LOAD_SETTINGS = (  # (label, OpenMP environment: None for OpenMP's defaults, torch threads or "auto")
+    ("2 threads (torch's default)", None, 2),
+    ("2 threads, passive OpenMP wait policy", {"OMP_WAIT_POLICY": "PASSIVE"}, 2),
+    ("1 thread", None, 1),
+    ("cifarlib: threads from the free cores", None, "auto"),
+)
+OMP_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def _measure(omp: dict | None, threads: int, data_root, steps: int, batch_size: int) -> float:
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in OMP_KEYS} | (omp or {})
+    arg = json.dumps({"data_root": data_root, "steps": steps, "batch": batch_size, "threads": threads})
+    out = subprocess.run([sys.executable, "-c", _MEASURE, arg], env=env, capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"the measuring process failed: {out.stderr.strip().splitlines()[-1:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["train_ips"], result["threads"]
+
+
+def load_bench(data_root, steps: int, batch_size: int) -> int:
+    """The Table-1 model's training throughput (cifarlib's pipeline, CPU) for each of LOAD_SETTINGS, idle
+    and beside a competing 2-thread torch process, each in a fresh process; one table."""
+    import subprocess
+    import sys
+
+    print(f"Table-1 CNN, batch {batch_size}, {steps} timed steps, CPU with {os.cpu_count()} cores; "
+          "competitor: a 2-thread torch job (OpenMP's default policy)")
+    print(f"  {'setting':<42} {'idle img/s':>10} {'beside load':>11} {'share':>6}  threads (idle/load)")
+    rows = []
+    for label, omp, threads in LOAD_SETTINGS:
+        idle, t_idle = _measure(omp, threads, data_root, steps, batch_size)
+        env = {k: v for k, v in os.environ.items() if k not in OMP_KEYS}
+        rival = subprocess.Popen([sys.executable, "-c", _COMPETE], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(2.0)  # the competitor is up and computing
+            loaded, t_loaded = _measure(omp, threads, data_root, steps, batch_size)
+        finally:
+            rival.kill()
+            rival.wait()
+        rows.append((label, idle, loaded))
+        print(f"  {label:<42} {idle:>10,.0f} {loaded:>11,.0f} {loaded / idle:>6.0%}  {t_idle}/{t_loaded}")
+    (_, base_idle, _), (label, idle, loaded) = rows[0], rows[-1]
+    print(f"{label}: idle {idle / base_idle:.0%} of the default's idle throughput; beside load {loaded / base_idle:.0%} "
+          f"of the default's idle (the default itself: {rows[0][2] / base_idle:.0%})")
     return 0

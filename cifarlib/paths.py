@@ -15,6 +15,7 @@ ENV_CACHE = "CIFARLIB_CACHE"  # decoded tensors and the downloaded data sets (da
 ENV_RUNS = "CIFARLIB_RUNS"  # run records (default <repo>/runs, else ./runs)
 ENV_FIGURES = "CIFARLIB_FIGURES"  # figure output folder (default <repo>/figures, else ./figures)
 ENV_WEIGHTS = "CIFARLIB_RESNET18_WEIGHTS"  # local ImageNet ResNet18 state_dict file
+ENV_THREADS = "CIFARLIB_THREADS"  # CPU threads per run, fixed (default: torch's count, fewer while the CPU is busy)
 ENV_PROGRESS = "CIFARLIB_PROGRESS"  # "0" turns progress bars off (batch/report runs do this)
 ENV_EXECUTOR = "CIFARLIB_EXECUTOR"  # where notebooks and the report train runs: local | serial | dask:ADDRESS | submitit:FOLDER
 ENV_RUN_LOG = "CIFARLIB_RUN_LOG"  # file that train_or_load appends each run folder it uses to (set by the report)

@@ -304,7 +304,7 @@ def _env(run: train.Run) -> dict:
             "code_version": code_version(run.config.model), "torch": torch.__version__,
             "torchvision": _version("torchvision"),
             "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
-            "device_name": _device_name(device), "threads": torch.get_num_threads(), "wall_s": run.wall_s,
+            "device_name": _device_name(device), "threads": run.metrics.get("threads", torch.get_num_threads()), "wall_s": run.wall_s,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

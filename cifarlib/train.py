@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -516,8 +518,92 @@ def _check_input(model: nn.Module, loader: Loader, cfg: TrainConfig, precision: 
         model.train(was_training)
 
 
+# ---- threads on a shared CPU ---------------------------------------------------------------------
+
+LOAD_SAMPLE_S = 0.25  # how long fit watches the CPU before it chooses its thread count
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_elsewhere(window: float = LOAD_SAMPLE_S) -> float | None:
+    """How many cores other processes keep busy, measured over ``window`` seconds (this process's own
+    CPU time taken out); None where the system does not say (no /proc/stat)."""
+    first, own, wall = _cpu_jiffies(), time.process_time(), time.perf_counter()
+    if first is None:
+        return None
+    time.sleep(window)
+    second = _cpu_jiffies()
+    if second is None or second[1] == first[1]:
+        return None
+    cores = os.cpu_count() or 1
+    busy = (second[0] - first[0]) / (second[1] - first[1]) * cores
+    ours = (time.process_time() - own) / max(time.perf_counter() - wall, 1e-9)
+    return max(0.0, busy - ours)
+
+
+def threads_for_load(current: int) -> int:
+    """The CPU threads a run should use now: ``current`` (torch's setting), fewer when other processes
+    keep cores busy, one per core they leave free (at least one). On 2 cores beside another 2-thread
+    job, OpenMP's threads wait on each other and a 2-thread run falls to 12-19 % of its idle speed,
+    while one thread keeps 79-87 % of its own (``python -m cifarlib bench --load``)."""
+    if current <= 1:
+        return current
+    others = busy_elsewhere()
+    if others is None:
+        return current
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 1
+    free = min(usable, (os.cpu_count() or 1) - others)
+    return max(1, min(current, round(free)))
+
+
+@contextlib.contextmanager
+def _threads_on_shared_cpu(device: torch.device):
+    """Train with $CIFARLIB_THREADS threads when it is set; else, on the CPU and unless $OMP_NUM_THREADS
+    fixes the count, with :func:`threads_for_load`. Torch's setting is restored afterwards."""
+    before = torch.get_num_threads()
+    fixed = os.environ.get(paths.ENV_THREADS, "").strip()
+    if fixed and not (fixed.isdigit() and int(fixed) >= 1):
+        raise CifarlibError(f"${paths.ENV_THREADS}={fixed!r} is not a whole number of at least 1; set it to a thread "
+                            "count, or unset it to follow the load")
+    if fixed:
+        chosen = int(fixed)
+    elif device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        chosen = before
+    else:
+        chosen = threads_for_load(before)
+    if chosen != before:
+        torch.set_num_threads(chosen)
+        if not fixed and paths.progress_enabled():
+            print(f"other processes keep the CPU busy: training with {chosen} thread(s) instead of {before} "
+                  f"(set ${paths.ENV_THREADS}={before} to keep {before})", file=sys.stderr)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | None = None,
         callback=None) -> Run:
+    """Train ``model`` as ``cfg`` says (see :func:`_fit`). On the CPU the thread count follows the load
+    (:func:`threads_for_load`, once at the start); ``run.metrics["threads"]`` records it."""
+    with _threads_on_shared_cpu(resolve_device(cfg.device)):
+        return _fit(model, splits, cfg, progress, callback)
+
+
+def _fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | None = None,
+         callback=None) -> Run:
     """Train ``model`` on ``splits.train`` as ``cfg`` says; evaluate at each epoch end (and every
     ``cfg.eval_every_steps`` steps) on the train subset, validation and test sets.
 
@@ -623,5 +709,6 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
     wall_s = time.perf_counter() - start
     metrics = {"status": status, "epochs_run": round(step / steps_per_epoch, 4), "steps": step,
                "examples_seen": seen, "params": models.count_params(model), "wall_s": wall_s,
+               "threads": torch.get_num_threads(),
                "device": str(device), "precision": precision, **_summary(history, best, restored)}
     return Run(config=cfg, status=status, history=history, metrics=metrics, model=model, wall_s=wall_s)

@@ -91,7 +91,7 @@ def test_your_network_from_a_file_is_keyed_by_its_own_code(ds, tmp_path, user_mo
 def test_the_registry_decorator_in_your_own_code_also_keys_runs_by_that_code(ds, tmp_path, user_module):
     from cifarlib import experiments, runs
 
-    module = user_module(USER_FILE + textwrap.dedent('''
+    user_module(USER_FILE + textwrap.dedent('''
         from cifarlib.models import register
 
 

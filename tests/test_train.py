@@ -290,6 +290,21 @@ def test_bench_sweep_times_serial_and_local_side_by_side(capsys, monkeypatch):
     assert out[-1].startswith("local executor speedup over serial: ") and float(out[-1].split()[-1][:-1]) > 0
 
 
+def test_bench_load_prints_each_setting_idle_and_beside_a_competing_process(capsys, monkeypatch):
+    import os
+
+    monkeypatch.delenv("CIFARLIB_DATA", raising=False)
+    assert cli.main(["bench", "--load", "--steps", "3", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rows = {line[2:44].strip(): line[44:].split() for line in out[2:-1]}
+    assert list(rows) == [label for label, _, _ in __import__("cifarlib.bench").bench.LOAD_SETTINGS]
+    assert all(float(cells[0].replace(",", "")) > 0 and float(cells[1].replace(",", "")) > 0 for cells in rows.values())
+    assert rows["1 thread"][-1] == "1/1" and rows["2 threads (torch's default)"][-1] == "2/2"
+    idle, loaded = map(int, rows["cifarlib: threads from the free cores"][-1].split("/"))
+    assert idle == 2 and loaded == (1 if (os.cpu_count() or 1) <= 2 else loaded)  # two cores: one thread beside the job
+    assert out[-1].startswith("cifarlib: threads from the free cores: idle ")
+
+
 def test_warm_up_never_exceeds_the_peak_learning_rate():
     for cfg, steps in ((tiny(lr=0.1, scheduler="onecycle", epochs=3), 1), (tiny(lr=0.1, warmup_epochs=0.5), 781)):
         peak = max(train.lr_at(cfg, s, steps) for s in range(cfg.epochs * steps))
@@ -444,3 +459,53 @@ def test_training_on_a_single_class_is_refused(splits):
     cfg = tiny()
     with pytest.raises(CifarlibError, match="at least 2 classes"):
         train.fit(train.build(cfg, one_class), one_class, cfg, progress=False)
+
+
+# ---- threads on a shared CPU (issue 16) ----------------------------------------------------------
+
+def test_other_processes_busy_cores_are_measured_without_our_own():
+    import subprocess
+    import sys
+    import time as clock
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        clock.sleep(0.5)
+        others = train.busy_elsewhere(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert others is not None and 0.6 <= others <= (__import__("os").cpu_count() or 1) + 0.1
+
+
+@pytest.mark.parametrize("others, current, expected", [(2.0, 2, 1), (1.0, 2, 1), (0.3, 2, 2), (None, 2, 2),
+                                                        (0.0, 1, 1), (5.0, 8, 8 - 5)])
+def test_threads_follow_the_cores_other_processes_leave_free(monkeypatch, others, current, expected):
+    import os
+
+    monkeypatch.setattr(train, "busy_elsewhere", lambda window=None: others)
+    cores = max(current, 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert train.threads_for_load(current) == (expected if current > 1 else current)
+
+
+def test_fit_trains_with_fewer_threads_on_a_busy_cpu_and_restores_torchs_setting(splits, monkeypatch):
+    from cifarlib import paths
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(paths.ENV_THREADS, raising=False)
+    monkeypatch.setattr(train, "busy_elsewhere", lambda window=None: 2.0)
+    monkeypatch.setattr(__import__("os"), "cpu_count", lambda: 2)
+    torch.set_num_threads(2)
+    try:
+        run = fit(splits, epochs=1)
+        assert run.metrics["threads"] == 1 and torch.get_num_threads() == 2
+        monkeypatch.setenv(paths.ENV_THREADS, "2")  # the user fixes the count: the load is not asked
+        monkeypatch.setattr(train, "busy_elsewhere", lambda window=None: pytest.fail("the load was measured"))
+        assert fit(splits, epochs=1).metrics["threads"] == 2
+        monkeypatch.setenv(paths.ENV_THREADS, "two")
+        with pytest.raises(CifarlibError, match="CIFARLIB_THREADS='two' is not a whole number"):
+            fit(splits, epochs=1)
+    finally:
+        torch.set_num_threads(1)
