@@ -132,7 +132,8 @@ def _overlapping_labels(fig) -> list[tuple[str, str]]:
 
 
 def _legend_hides_data(ax) -> bool:
-    """Whether a data point of a line or scatter of ``ax`` falls inside the legend's box (inside the axes)."""
+    """Whether data of ``ax`` falls inside the legend's box (inside the axes): a point of a line or of the
+    straight segments between its points, a scatter point, or part of a bar."""
     import numpy as np
 
     legend = ax.get_legend()
@@ -142,10 +143,24 @@ def _legend_hides_data(ax) -> bool:
     box = legend.get_window_extent()
     if not ax.get_window_extent().overlaps(box):
         return False
+    def inside(xy) -> bool:
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        return bool(len(xy)) and bool(((xy[:, 0] >= box.x0) & (xy[:, 0] <= box.x1)
+                                       & (xy[:, 1] >= box.y0) & (xy[:, 1] <= box.y1)).any())
+
     for line in ax.get_lines():
         xy = ax.transData.transform(np.asarray(line.get_xydata(), dtype=float))
-        xy = xy[np.isfinite(xy).all(axis=1)]
-        if len(xy) and ((xy[:, 0] >= box.x0) & (xy[:, 0] <= box.x1) & (xy[:, 1] >= box.y0) & (xy[:, 1] <= box.y1)).any():
+        if line.get_linestyle() not in ("None", "", " ") and len(xy) > 1:  # points along each segment, too
+            steps = np.linspace(0, 1, 25)[:, None, None]
+            xy = (xy[:-1] + steps * (xy[1:] - xy[:-1])).reshape(-1, 2)
+        if inside(xy):
+            return True
+    for collection in ax.collections:  # scatter points
+        offsets = np.asarray(collection.get_offsets(), dtype=float).reshape(-1, 2)
+        if len(offsets) and inside(collection.get_offset_transform().transform(offsets)):
+            return True
+    for patch in ax.patches:  # bars
+        if patch.get_visible() and patch.get_window_extent().overlaps(box):
             return True
     return False
 

@@ -197,9 +197,27 @@ def plan_parameters(selected: list[Path], notebooks: list[Path], shared: dict, o
         hits = [p for p in targets if name in declared[p]]
         if targets and not hits:
             raise CifarlibError(_unknown_parameter(name, targets, declared))
+        if name in PATH_PARAMETERS and isinstance(value, str) and value:
+            value = str(Path(value).expanduser().resolve())  # the kernels run in the notebooks' folder
         for p in hits:
             plan[p][name] = value
     return plan
+
+
+PATH_PARAMETERS = ("data_root", "mnist_root", "weights_path", "runs_dir", "figures_dir", "image_file")
+PATH_VARIABLES = (paths.ENV_DATA, paths.ENV_MNIST, paths.ENV_WEIGHTS, paths.ENV_CACHE, paths.ENV_RUNS,
+                  paths.ENV_FIGURES)
+
+
+def absolute_path_variables() -> dict:
+    """The path variables set to a relative path, made absolute from here: the notebook kernels run in
+    the notebooks' folder, where a relative path would point somewhere else."""
+    out = {}
+    for name in PATH_VARIABLES:
+        value = os.environ.get(name)
+        if value and not Path(value).expanduser().is_absolute():
+            out[name] = str(Path(value).expanduser().resolve())
+    return out
 
 
 def _unknown_parameter(name: str, targets: list[Path], declared: dict) -> str:
@@ -291,9 +309,46 @@ def preflight(selected: list[Path], plan: dict, profile: str) -> dict[Path, list
             kw = transfer.notebook_config(profile, pretrained=plan[p].get("pretrained"),
                                           weights_path=plan[p].get("weights_path")).model_kw
             if kw.get("pretrained"):
-                problems[p].append(check(("weights", kw.get("weights_path")), "weights", check_weights,
-                                         kw.get("weights_path")))
+                missing = check(("weights", kw.get("weights_path")), "weights", check_weights, kw.get("weights_path"))
+                data_ok = not any(problems[p])  # else the run cannot be looked up (nor trained)
+                finished = finished_transfer_run(p, plan[p], profile) if missing and data_ok else None
+                if finished is not None:  # the weights are only needed to train it
+                    print(f"weights: not needed, the transfer run is finished ({finished})")
+                    missing = None
+                problems[p].append(missing)
     return {p: [m for m in msgs if m] for p, msgs in problems.items()}
+
+
+def notebook_values(path: Path, overrides: dict) -> dict:
+    """The values of the notebook's parameters for this build: its parameters cell's literal defaults
+    (an expression that is no literal is left out), then ``overrides``."""
+    import ast
+
+    import papermill
+
+    values = {}
+    for name, info in papermill.inspect_notebook(str(path)).items():
+        try:
+            values[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError, TypeError):
+            pass
+    return {**values, **overrides}
+
+
+def finished_transfer_run(path: Path, overrides: dict, profile: str) -> Path | None:
+    """The folder of the finished transfer run the notebook at ``path`` would read back (its config
+    from the notebook's parameters, as its training cell builds it), or None; never trains."""
+    from cifarlib import runs
+    from cifarlib.experiments import transfer
+
+    values = notebook_values(path, overrides)
+    knobs = {k: values.get(k) for k in ("pretrained", "weights_path", "resolution", "epochs", "seed", "device")}
+    try:
+        cfg = transfer.notebook_config(profile, **knobs)
+        record = runs.find_finished(cfg, data_root=values.get("data_root"), runs_dir=values.get("runs_dir"))
+    except CifarlibError:  # no data, a bad value: the notebook itself will say so
+        return None
+    return record.dir if record is not None else None
 
 
 def run_notebooks(parts: list[Part], build: Path, keep_going: bool, executor: str | None = None) -> None:
@@ -303,7 +358,8 @@ def run_notebooks(parts: list[Part], build: Path, keep_going: bool, executor: st
     (build / RUN_LOG).unlink(missing_ok=True)
     preload()
     extra = {paths.ENV_EXECUTOR: executor} if executor else {}
-    with kernel_env({**KERNEL_ENV, ENV_RUN_LOG: str((build / RUN_LOG).resolve()), **extra}):
+    with kernel_env({**KERNEL_ENV, **absolute_path_variables(), ENV_RUN_LOG: str((build / RUN_LOG).resolve()),
+                     **extra}):
         for part in parts:
             if part.error:  # the preflight found what it needs missing
                 continue
@@ -696,8 +752,9 @@ def assemble(parts: list[Part], info: dict, runs: list, source: str):
         body += page_break() + part_cells(part, number)
     body += provenance_cells(parts, runs, source, len(parts) + 1, info)
     summary = summary_cells(body)
-    unresolved = number_floats(body)
-    if unresolved and not any(p.error for p in parts):
+    failed = {p.name.split("_", 1)[0] for p in parts if p.error}  # their figures were never drawn
+    unresolved = [c for c in number_floats(body) if c.split(":", 1)[-1].split("_", 1)[0] not in failed]
+    if unresolved:
         raise CifarlibError(f"the report cites {', '.join(sorted(set(unresolved)))} but no figure or table has "
                             f"that label; fix the citation or the label")
     nb = nbformat.v4.new_notebook(metadata={"title": info["title"], "date": info["date"], "cifarlib": info})

@@ -53,6 +53,26 @@ def test_a_legend_over_the_data_is_found_and_moved_below_the_axes(tmp_path):
     assert (tmp_path / "legend_case.png").is_file() and (tmp_path / "legend_case.pdf").is_file()
 
 
+@pytest.mark.parametrize("kind", ["segment", "bars", "scatter"])
+def test_a_legend_over_a_segment_a_bar_or_a_scatter_point_is_found(kind):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if kind == "segment":  # two vertices far apart; the straight segment between them runs under the legend
+        ax.plot([0.5, 1.3], [1.3, 0.56], label="falling")  # both vertices outside the axes
+        ax.plot([0.0, 1.0], [0.02, 0.02], label="flat")
+    elif kind == "bars":
+        ax.bar([0.1, 0.9], [0.3, 0.97], width=0.15, label="bars")
+    else:
+        ax.scatter([0.1, 0.9], [0.1, 0.93], label="points")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right")
+    assert plots._legend_hides_data(ax)
+    ax.legend(loc="lower right" if kind == "scatter" else "upper left")  # where nothing is drawn
+    hidden = plots._legend_hides_data(ax)
+    plt.close(fig)
+    assert not hidden
+
+
 def test_show_attaches_label_caption_and_problems_to_the_displayed_figure(tmp_path, monkeypatch):
     shown = []
     import IPython

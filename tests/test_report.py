@@ -591,6 +591,53 @@ def test_preflight_lists_every_missing_input_with_its_remedy_before_anything_run
     assert len(m.asked) == 2  # the data server once, the weights server once
 
 
+def test_preflight_needs_no_weights_for_a_transfer_run_that_is_finished(offline_machine, capsys, monkeypatch,
+                                                                      stand_in_notebook):
+    from types import SimpleNamespace
+
+    from cifarlib import data, runs
+    from cifarlib.cli import main
+
+    m = offline_machine
+    (m.folder / "01_plain.ipynb").unlink()
+    (m.folder / "02_cifar.ipynb").unlink()
+    stand_in_notebook(m.folder / "03_transfer.ipynb", 'profile = "full"\ndata_root = None\npretrained = None\n'
+                                                      'weights_path = None\nseed = 7\nepochs = 3\ndevice = "cpu"')
+    monkeypatch.setattr(data, "check_source", lambda name, root=None: f"{name}: stand-in")
+    asked = []
+
+    def finished(cfg, data=None, data_root=None, runs_dir=None):
+        asked.append(cfg)
+        return SimpleNamespace(dir=Path("runs") / "transfer_resnet18-0123456789")
+
+    monkeypatch.setattr(runs, "find_finished", finished)
+    code = main(["report", "--notebooks", str(m.folder), "--out", str(m.out), "--param", "03_transfer:seed=4"])
+    out = capsys.readouterr().out
+    assert code == 0 and m.ran == [["03_transfer"], []]
+    assert "weights: not needed, the transfer run is finished (runs/transfer_resnet18-0123456789)" in out
+    [cfg] = asked
+    assert cfg.model_kw["pretrained"] is True and cfg.seed == 4  # the build's parameter wins
+    assert cfg.epochs == 3 and cfg.device == "auto"  # the notebook's default; the report's --device default
+
+
+def test_relative_paths_are_taken_from_where_the_command_runs_not_the_notebook_folder(tmp_path, monkeypatch,
+                                                                                     stand_in_notebook):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    stand_in_notebook(folder / "01_x.ipynb", 'profile = "full"\nweights_path = None\nimage_file = None\nseeds = 3')
+    monkeypatch.chdir(tmp_path)
+    plan = report.plan_parameters([folder / "01_x.ipynb"], [folder / "01_x.ipynb"], {},
+                                  [("all", "weights_path", "w/resnet18.pth"), ("all", "image_file", "~/cat.png"),
+                                   ("all", "seeds", 3)])
+    values = plan[folder / "01_x.ipynb"]
+    assert values["weights_path"] == str(tmp_path / "w" / "resnet18.pth")
+    assert values["image_file"] == str(Path("~/cat.png").expanduser()) and values["seeds"] == 3
+    monkeypatch.setenv(paths.ENV_DATA, "data/cifar")
+    monkeypatch.setenv(paths.ENV_CACHE, "/abs/cache")
+    env = report.absolute_path_variables()
+    assert env[paths.ENV_DATA] == str(tmp_path / "data" / "cifar") and paths.ENV_CACHE not in env
+
+
 def test_continue_on_error_skips_the_parts_that_cannot_run_and_builds_the_rest(offline_machine, tmp_path, capsys):
     from cifarlib.cli import main
 
@@ -620,6 +667,23 @@ def test_a_short_name_column_is_never_narrower_than_the_name():
     latex = report.fit_tables(longtable(header, rows))
     first = re.search(r"p\{([\d.]+)em\}", latex)
     assert first and float(first[1]) >= len("Model A") * report.CHAR_EM + 0.5
+
+
+def test_a_failed_part_excuses_only_citations_of_its_own_figures(tmp_path):
+    import unittest.mock as mock
+
+    info = {"title": "T", "date": "d", "profile": "full", "command": "c", "commit": "x", "device": "cpu", "torch": "2"}
+    for name in ("01_x", "02_y"):
+        nbformat.write(notebook(f"Part {name}"), tmp_path / f"{name}.ipynb")
+    ok = report.Part(tmp_path / "01_x.ipynb")
+    failed = report.Part(tmp_path / "02_y.ipynb", error="cell 3 raised ValueError")
+    cells = {"01_x": [nbformat.v4.new_markdown_cell("see @fig:02_curves")],  # a figure the failed part never drew
+             "02_y": [nbformat.v4.new_markdown_cell("# y")]}
+    with mock.patch.object(report, "part_cells", side_effect=lambda part, number: cells[part.name]):
+        report.assemble([ok, failed], info, [], "")
+        cells["01_x"] = [nbformat.v4.new_markdown_cell("see @fig:01_typo")]  # a typo in a part that ran
+        with pytest.raises(CifarlibError, match="@fig:01_typo"):
+            report.assemble([ok, failed], info, [], "")
 
 
 def test_a_citation_without_its_figure_fails_the_build_and_labels_are_unique():
