@@ -206,7 +206,7 @@ def weights_identity(cfg: train.TrainConfig) -> str | None:
         stat = os.stat(path)
         key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
         if key not in _DIGESTS:
-            _DIGESTS[key] = _sha256(Path(path))
+            _DIGESTS[key] = atomic.file_digest(Path(path))
         return f"sha256:{_DIGESTS[key]}"
     except OSError:
         return f"missing:{path}"  # training then stops with the weights loader's one-line error
@@ -341,20 +341,12 @@ def save_run(run_dir: Path, run: train.Run, build_kw: dict) -> None:
             torch.save({k: v.detach().cpu() for k, v in run.model.state_dict().items()}, tmp)
         atomic.write_json(run_dir / "env.json", _env(run))
         if run.status in FINISHED_STATUSES:
-            marker = {"status": run.status, "sha256": {f: _sha256(run_dir / f) for f in FILES}}
+            marker = {"status": run.status, "sha256": {f: atomic.file_digest(run_dir / f) for f in FILES}}
             atomic.write_json(run_dir / DONE, marker)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
         reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or first_line(err)
         raise CifarlibError(f"cannot save the run record in {run_dir} ({reason}); free space or pass another "
                             f"runs_dir/--runs-dir, then run again") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def damage(path) -> str | None:
@@ -371,7 +363,7 @@ def damage(path) -> str | None:
             raise ValueError
     except (ValueError, KeyError, TypeError, AttributeError):
         return "its DONE marker is damaged"
-    changed = [f for f in FILES if not (path / f).is_file() or _sha256(path / f) != sums[f]]
+    changed = [f for f in FILES if not (path / f).is_file() or atomic.file_digest(path / f) != sums[f]]
     return f"{', '.join(changed)} changed after the run finished" if changed else None
 
 

@@ -45,7 +45,7 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False, in
             align.append("right" if all(NUMBER.fullmatch(str(v)) for v in cells[name]) else "left")
         else:  # numbers: formatted here, so that a text cell such as "11.00" keeps its decimals
             fmt = intfmt if pd.api.types.is_integer_dtype(col) else _metric_format(str(name)) or floatfmt
-            cells[name] = ["–" if pd.isna(v) else format(v, fmt) for v in col]
+            cells[name] = ["–" if pd.isna(v) else _number(v, fmt) for v in col]
             align.append("right")
     frame = pd.DataFrame(cells, columns=list(df.columns))
     return typeset(frame.to_markdown(index=False, disable_numparse=True, colalign=align))
@@ -69,6 +69,14 @@ def _metric_format(column: str) -> str | None:
     if "acc" in column and "%" in column:
         return ".2f"
     return ".3f" if "loss" in column else ".1f" if "%" in column else None
+
+
+def _number(value, fmt: str) -> str:
+    """``format(value, fmt)``, without the minus sign of a value that rounds to zero ("-0.00" -> "0.00")."""
+    text = format(value, fmt)
+    if text.startswith("-") and not any(c in "123456789" for c in text):
+        return format(0.0, fmt)
+    return text
 
 
 def _yes_no(v):

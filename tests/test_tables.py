@@ -59,3 +59,10 @@ def test_one_accessor_and_one_formatter_for_a_runs_accuracy():
     assert [tables.accuracy_cell(r) for r in (finished, diverged)] == ["81.25", "diverged"]
     assert tables.accuracy_cell(finished, "train") == "–"
     assert tables.mean_accuracy([finished, {"final_test_acc": 0.7875}]) == 80.0
+
+
+def test_a_value_that_rounds_to_zero_has_no_minus_sign():
+    text = tables.to_markdown(pd.DataFrame({"change": ["a", "b", "c"], "points": [-1e-15, -0.004, -0.25]}),
+                              floatfmt=".2f")
+    cells = [line.split("|")[2].strip() for line in text.splitlines()[2:]]
+    assert cells == ["0.00", "0.00", "\u22120.25"]

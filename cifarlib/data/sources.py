@@ -473,14 +473,6 @@ def _cifar_batch_md5() -> dict[str, list[tuple[str, str]]]:
             "meta": [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])]}
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_cifar_batches(folder: Path) -> dict:
     """Verify (MD5) and read the official pickled batches: 10000 x 3072 uint8 rows each."""
     fix = f"delete {folder} and download it again (--download / download=True, or copy it anew)"
@@ -489,7 +481,7 @@ def _read_cifar_batches(folder: Path) -> dict:
         path = folder / file_name
         if not path.is_file():
             raise CifarlibError(f"official CIFAR-10 folder {folder} lacks {file_name}; {fix}")
-        if _md5(path) != md5:
+        if atomic.file_digest(path, "md5") != md5:
             raise CifarlibError(f"{path} fails its MD5 check ({path.stat().st_size:,} bytes, expected md5 {md5}): "
                                 f"the file is truncated or altered; {fix}")
     meta = _unpickle(folder / parts["meta"][0][0], fix)
