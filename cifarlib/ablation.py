@@ -20,30 +20,7 @@ import pandas as pd
 
 from cifarlib import experiments, sweep, tables
 from cifarlib.errors import CifarlibError
-from cifarlib.experiments import Change, apply_change  # noqa: F401  (part of this module's vocabulary)
-
-
-def flatten_config(config: Mapping) -> dict:
-    """``{"lr": .., "model_kw": {"bn": True}}`` -> ``{"lr": .., "model_kw.bn": True}``."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.update({f"{key}.{k}": v for k, v in flatten_config(value).items()})
-        else:
-            out[key] = value
-    return out
-
-
-def config_diff(a: Mapping, b: Mapping, ignore: Sequence[str] = ("name",)) -> dict:
-    """Keys (flattened) whose values differ between two configs -> (value in a, value in b);
-    a key missing on one side shows as None there."""
-    fa, fb = flatten_config(a), flatten_config(b)
-    keys = [k for k in dict.fromkeys([*fa, *fb]) if k not in ignore]
-    return {k: (fa.get(k), fb.get(k)) for k in keys if _norm(fa.get(k)) != _norm(fb.get(k))}
-
-
-def _norm(value):
-    return list(value) if isinstance(value, tuple) else value  # JSON turns tuples into lists
+from cifarlib.experiments import Change
 
 
 # ---- running ------------------------------------------------------------------------------------

@@ -95,19 +95,6 @@ def _sweep(configs, data, data_root, runs_dir, progress, executor) -> list[runs.
 _status = tables.run_status
 
 
-def comparison_lines(records: Mapping[str, object], reference: str) -> list[str]:
-    """One sentence per run against ``reference``: final test and train accuracy side by side."""
-    ref = records[reference]
-    lines = []
-    for name, item in records.items():
-        if name == reference:
-            continue
-        lines.append(f"{name} vs {reference}: test acc {tables.accuracy_cell(item, 'test')} vs "
-                     f"{tables.accuracy_cell(ref, 'test')} %, train acc {tables.accuracy_cell(item, 'train')} vs "
-                     f"{tables.accuracy_cell(ref, 'train')} % ({_status(item)} vs {_status(ref)})")
-    return lines
-
-
 def uniform_loss(kind: str = "cross_entropy", num_classes: int = 10) -> float:
     """The loss of a uniform softmax (all scores equal): ln 10 = 2.303 for cross-entropy, 0.09 for L2."""
     return train.sample_losses(torch.zeros(1, num_classes), torch.tensor([0]), kind).item()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import pytest
 import torch
@@ -24,6 +25,31 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 IMPROVED_EXPERIMENTS = [e for e in experiments.names() if experiments.get(e).part == "improved"]
+
+
+# ---- comparing configs --------------------------------------------------------------------------
+
+def flatten_config(config: Mapping) -> dict:
+    """``{"lr": .., "model_kw": {"bn": True}}`` -> ``{"lr": .., "model_kw.bn": True}`` (for comparing configs)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{k}": v for k, v in flatten_config(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def config_diff(a: Mapping, b: Mapping, ignore: Sequence[str] = ("name",)) -> dict:
+    """Keys (flattened) whose values differ between two configs -> (value in a, value in b);
+    a key missing on one side shows as None there."""
+    fa, fb = flatten_config(a), flatten_config(b)
+    keys = [k for k in dict.fromkeys([*fa, *fb]) if k not in ignore]
+    return {k: (fa.get(k), fb.get(k)) for k in keys if _norm(fa.get(k)) != _norm(fb.get(k))}
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value  # JSON turns tuples into lists
 
 
 # ---- models -------------------------------------------------------------------------------------
@@ -119,22 +145,22 @@ def test_forward_macs_of_the_table1_network_match_the_hand_count():
 def test_each_leave_one_out_config_differs_from_the_reference_in_exactly_its_change(change, profile):
     ref = experiments.config("loo_reference", profile).to_dict()
     variant = experiments.config(f"loo_{change.name}", profile).to_dict()
-    diff = ablation.config_diff(ref, variant)
-    assert {k: v[1] for k, v in diff.items()} == ablation.flatten_config(change.changes)
+    diff = config_diff(ref, variant)
+    assert {k: v[1] for k, v in diff.items()} == flatten_config(change.changes)
 
 
 def test_leave_one_out_changes_are_distinct_and_named_once_with_labels_and_mechanisms():
     names = [c.name for c in LOO]
     assert len(set(names)) == len(names) == len(LOO_LABELS) and set(LOO_WHY) == set(names)
     assert set(LOO_WHY_HURTS) <= set(names)
-    assert len({repr(sorted(ablation.flatten_config(c.changes).items())) for c in LOO}) == len(LOO)
+    assert len({repr(sorted(flatten_config(c.changes).items())) for c in LOO}) == len(LOO)
 
 
 def test_leave_one_out_reference_is_model_a_on_a_short_budget():
     ref, model_a = experiments.config("loo_reference"), experiments.config("improved_a")
     shapes = [(k, tuple(v.shape)) for k, v in build_model(ref.model, **ref.model_kw).state_dict().items()]
     assert shapes == [(k, tuple(v.shape)) for k, v in build_model(model_a.model).state_dict().items()]
-    diff = ablation.config_diff(model_a.to_dict(), ref.to_dict())
+    diff = config_diff(model_a.to_dict(), ref.to_dict())
     assert set(diff) == {"model", "model_kw.widths", "model_kw.depth", "model_kw.kernel", "model_kw.bn",
                          "model_kw.downsample", "model_kw.dropout", "model_kw.hidden", "model_kw.init", "epochs",
                          "warmup_epochs", "train_per_class", "val_fraction", "train_eval_size"}
@@ -143,11 +169,11 @@ def test_leave_one_out_reference_is_model_a_on_a_short_budget():
 
 def test_apply_change_merges_model_kw_and_config_diff_ignores_tuple_vs_list():
     ref = {"lr": 0.1, "model_kw": {"bn": False, "widths": (1, 2)}}
-    out = ablation.apply_change(ref, {"model_kw": {"bn": True}})
+    out = experiments.apply_change(ref, {"model_kw": {"bn": True}})
     assert out == {"lr": 0.1, "model_kw": {"bn": True, "widths": (1, 2)}}
     assert ref["model_kw"]["bn"] is False  # the reference is not modified
-    assert ablation.config_diff({"w": (1, 2)}, {"w": [1, 2]}) == {}
-    assert ablation.config_diff({"a": 1}, {"a": 1, "model_kw": {"k": 3}}) == {"model_kw.k": (None, 3)}
+    assert config_diff({"w": (1, 2)}, {"w": [1, 2]}) == {}
+    assert config_diff({"a": 1}, {"a": 1, "model_kw": {"k": 3}}) == {"model_kw.k": (None, 3)}
 
 
 # ---- paired statistics ------------------------------------------------------------------------------
