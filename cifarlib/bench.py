@@ -168,7 +168,8 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--fp32", action="store_true", help="also time cifarlib in fp32 (what precision auto gains)")
     p.add_argument("--load", action="store_true",
                    help="instead: cifarlib's training throughput idle and beside a competing 2-thread torch process, "
-                        "with OpenMP's default wait policy and with the passive one cifarlib sets, side by side")
+                        "for torch's default threads, OpenMP's passive wait policy, one thread and cifarlib's "
+                        "choice (threads from the free cores), side by side")
     p.add_argument("--sweep", type=int, metavar="RUNS", default=None,
                    help="instead: time a sweep of RUNS short Model A runs, serial (one process, every core) "
                         "against the local executor (worker processes), side by side")
@@ -290,7 +291,7 @@ LOAD_SETTINGS = (  # (label, OpenMP environment: None for OpenMP's defaults, tor
 OMP_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def _measure(omp: dict | None, threads: int, data_root, steps: int, batch_size: int) -> float:
+def _measure(omp: dict | None, threads, data_root, steps: int, batch_size: int) -> tuple[float, int]:
     import json
     import subprocess
     import sys

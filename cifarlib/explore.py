@@ -44,8 +44,9 @@ def register(builder: Callable[..., nn.Module], name: str | None = None) -> str:
     """Register ``builder`` (an ``nn.Module`` class or a function returning one) under
     :func:`model_name` and return that name. Running the defining cell again replaces the entry; a
     name that one of the report's own models has is refused."""
-    if not callable(builder):
-        raise CifarlibError(f"train() needs an nn.Module class or a function that returns one, got {builder!r}")
+    if isinstance(builder, nn.Module) or not callable(builder):
+        raise CifarlibError(f"train() needs an nn.Module class or a function that returns one (not a built model), "
+                            f"got {type(builder).__name__}; pass the class, e.g. train(MyNet, ...)")
     name = model_name(builder, name)
     models.register_user(name, builder)
     return name
@@ -91,16 +92,20 @@ def compare(entries: Mapping[str, object], profile: str = "full", seeds: int | N
             executor=None, **knobs):
     """One table and one figure for any mix of runs: ``entries`` maps a label to a run record, a list
     of run records (seeds), or the name of one of our experiments, which is trained or loaded with
-    ``knobs`` (e.g. ``epochs=3``; None: its own) and ``seeds`` seeds (default: as many as the longest
-    list given). Returns a :class:`Comparison`: the table of training, validation and test loss and
+    ``knobs`` (e.g. ``epochs=3``; None: its own) on the seeds of the longest list of runs given (or
+    ``seed`` .. ``seed + seeds - 1``). Returns a :class:`Comparison`: the table of training, validation and test loss and
     accuracy, mean ± std over each entry's runs; the figure of the validation ``metric`` ("acc" or
     "loss") of each entry's first run; and the run records by label."""
     if not entries:
         raise CifarlibError("compare() needs at least one entry, e.g. {'mine': record, 'Model A': 'improved_a'}")
     groups = {label: list(value) if isinstance(value, (list, tuple)) else value for label, value in entries.items()}
-    n = seeds or max([len(v) for v in groups.values() if isinstance(v, list)] or [1])
+    given = [v if isinstance(v, list) else [v] for v in groups.values() if not isinstance(v, str)]
+    if seeds is None and given:  # ours on the seeds of the longest group of runs given
+        seed_list = [r.config.seed for r in max(given, key=len)]
+    else:
+        seed_list = list(range(seed, seed + (seeds or 1)))
     names = {label: value for label, value in groups.items() if isinstance(value, str)}
-    configs = {label: sweep.seeded(experiments.notebook_config(value, profile, **knobs), n, seed)
+    configs = {label: [experiments.notebook_config(value, profile, **knobs).replace(seed=s) for s in seed_list]
                for label, value in names.items()}
     if configs:
         found = iter(sweep.run_many([c for cfgs in configs.values() for c in cfgs], data=data, data_root=data_root,

@@ -149,7 +149,7 @@ def _legend_hides_data(ax) -> bool:
                                        & (xy[:, 1] >= box.y0) & (xy[:, 1] <= box.y1)).any())
 
     for line in ax.get_lines():
-        xy = ax.transData.transform(np.asarray(line.get_xydata(), dtype=float))
+        xy = line.get_transform().transform(np.asarray(line.get_xydata(), dtype=float))
         if line.get_linestyle() not in ("None", "", " ") and len(xy) > 1:  # points along each segment, too
             steps = np.linspace(0, 1, 25)[:, None, None]
             xy = (xy[:-1] + steps * (xy[1:] - xy[:-1])).reshape(-1, 2)
@@ -367,15 +367,16 @@ class LiveCurves:
     show it a second time when the cell ends."""
 
     def __init__(self, title: str):
-        from IPython.display import display
-
         self.title = title
-        self.fig, self.axes = plt.subplots(1, 2, figsize=(6.4, 3.0))
-        self.fig.suptitle(f"{title}: waiting for the first evaluation")
-        self.handle = display(self.fig, display_id=True)
+        self.fig = self.axes = self.handle = None  # made at the first evaluation: a finished run shows none
         self.draws = 0
 
     def __call__(self, history) -> None:
+        if self.fig is None:
+            from IPython.display import display
+
+            self.fig, self.axes = plt.subplots(1, 2, figsize=(6.4, 3.0))
+            self.handle = display(self.fig, display_id=True)
         for ax in self.axes:
             ax.clear()
         plot_curves(history, "loss", ax=self.axes[0], title="Loss")
@@ -387,4 +388,5 @@ class LiveCurves:
         self.draws += 1
 
     def close(self) -> None:
-        plt.close(self.fig)
+        if self.fig is not None:
+            plt.close(self.fig)

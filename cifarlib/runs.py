@@ -32,7 +32,10 @@ workers: the run's lock and the rename of its staging folder make that safe acro
 from __future__ import annotations
 
 import ast
+import builtins
+import contextlib
 import datetime
+import functools
 import hashlib
 import inspect
 import json
@@ -81,8 +84,9 @@ def code_version(model: str | None = None) -> str:
     (None: every model module); for a model registered from outside the package, its own code instead
     of a module (:func:`user_code`). Comments and docstrings are excluded."""
     folder = PACKAGE / "models"
-    if model is not None and models.is_user_model(model):
-        return _engine_digest([], user_code(models.builder_of(model)))
+    if model is not None and models.is_user_model(model):  # the user's code, and all of ours it may use
+        every = sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
+        return _engine_digest(every, user_code(models.builder_of(model)))
     if model is None:
         modules = sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
     else:
@@ -102,9 +106,12 @@ def _engine_digest(model_modules: list[Path], user: str | None = None) -> str:
 
 # ---- code identity of a network defined outside the package (a notebook cell, the user's own file) ----
 
+SIMPLE = (int, float, complex, str, bytes, bool, type(None))
+
+
 def _is_users(obj) -> bool:
     """Whether ``obj`` (a class or function) is the user's code: defined in ``__main__`` (a notebook or
-    script) or in a file outside this package, the standard library and the installed packages."""
+    script) or in a file outside this package, the standard library and installed packages."""
     module = getattr(obj, "__module__", None) or ""
     if module == "__main__":
         return True
@@ -114,6 +121,8 @@ def _is_users(obj) -> bool:
     if not file:
         return False
     path = Path(file).resolve()
+    if {"site-packages", "dist-packages"} & set(path.parts):
+        return False
     library = {Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")
                if (p := sysconfig.get_paths().get(key))}
     return not any(path.is_relative_to(folder) for folder in library | {PACKAGE})
@@ -133,52 +142,112 @@ def _functions_of(obj) -> list:
     return found
 
 
-def _names_used(code) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if inspect.iscode(const):
-            names |= _names_used(const)
-    return names
+def _class_in_cells(cls, filenames) -> str | None:
+    """The source of class ``cls`` found in the cached text of ``filenames`` (a notebook's cells; the
+    last match wins, as the cell run last defines the class), decorators included."""
+    found = None
+    for filename in filenames:
+        text = "".join(linecache.getlines(filename))
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                found = textwrap.dedent("".join(text.splitlines(True)[start - 1:node.end_lineno]))
+    return found
 
 
 def _source_of(obj) -> str:
-    """``obj``'s source text. A class defined in a notebook cell has no file for ``inspect``; its
-    methods do (IPython keeps each cell's text), so the class is found in the cell of its first method."""
+    """``obj``'s source text. A class defined in a notebook cell has no file for ``inspect``: it is found
+    in the cell of one of its methods, else in the notebook's cells IPython keeps."""
     try:
         return textwrap.dedent(inspect.getsource(obj))
     except (OSError, TypeError):
         pass
-    for function in _functions_of(obj) if inspect.isclass(obj) else []:
-        text = "".join(linecache.getlines(function.__code__.co_filename))
-        if not text:
-            continue
-        for node in ast.walk(ast.parse(text)):
-            if (isinstance(node, ast.ClassDef) and node.name == obj.__name__
-                    and node.lineno <= function.__code__.co_firstlineno <= node.end_lineno):
-                return textwrap.dedent(ast.get_source_segment(text, node, padded=True))
+    if inspect.isclass(obj):
+        cells = [f.__code__.co_filename for f in _functions_of(obj)]
+        cells = cells or [name for name in list(linecache.cache) if "ipykernel" in name or name.startswith("<ipython")]
+        found = _class_in_cells(obj, dict.fromkeys(cells))
+        if found is not None:
+            return found
     raise CifarlibError(f"cannot read the source code of {getattr(obj, '__qualname__', obj)!r}, which its runs are "
-                        "keyed by; define it in a notebook cell or in a .py file (not with exec or a lambda)")
+                        "keyed by; define it with def or class in a notebook cell or a .py file")
+
+
+def _normalized(source: str, obj) -> str:
+    try:
+        return _code_only(source)
+    except SyntaxError:  # a lambda cut out of a longer line: its compiled code stands in
+        code = obj.__code__
+        return repr((code.co_code, code.co_consts, code.co_names, code.co_varnames))
+
+
+def _names_loaded(source: str) -> set[str]:
+    """Names the code reads (not attribute names): what it may take from its module or closure."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _simple(value) -> bool:
+    if isinstance(value, SIMPLE):
+        return True
+    if isinstance(value, (tuple, list, frozenset, set)):
+        return all(_simple(v) for v in value)
+    if isinstance(value, dict):
+        return all(_simple(k) and _simple(v) for k, v in value.items())
+    return False
 
 
 def user_code(builder) -> str:
-    """The source of a user's network, as its runs are keyed: the builder (class or function) and every
-    class or function of the user's that it uses (base classes, and the names its code looks up, followed
-    recursively), each without comments and docstrings, in a fixed order. Editing any of them changes
-    it; editing other code, re-running the cell or restarting the kernel does not."""
-    sources, seen, todo = {}, set(), [builder]
+    """The source of a user's network, as its runs are keyed: the builder (class, function,
+    ``functools.partial`` or bound method) and every class or function of the user's it uses, followed
+    through the names its source reads (module globals, closure variables, decorators, defaults, base
+    classes), each without comments and docstrings; plain values it reads (``WIDTH = 64``, a tuple of
+    them) by their repr, other values by their type. Editing any of them changes it; editing other
+    code, running the cell again or restarting the kernel does not."""
+    parts, seen, todo = [], set(), [builder]
     while todo:
         obj = todo.pop()
-        if id(obj) in seen or not (inspect.isclass(obj) or inspect.isfunction(obj)) or not _is_users(obj):
+        if id(obj) in seen:
             continue
         seen.add(id(obj))
-        sources[f"{obj.__module__}.{obj.__qualname__}"] = _code_only(_source_of(obj))
-        if inspect.isclass(obj):
+        if isinstance(obj, functools.partial):
+            parts.append(("partial", repr((obj.args, sorted(obj.keywords.items())))))
+            todo.append(obj.func)
+            continue
+        if inspect.ismethod(obj):
+            todo += [obj.__func__, obj.__self__ if inspect.isclass(obj.__self__) else type(obj.__self__)]
+            continue
+        if hasattr(obj, "__wrapped__"):
+            todo.append(obj.__wrapped__)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)) or not _is_users(obj):
+            continue
+        source = _source_of(obj)
+        key = f"{obj.__module__}.{obj.__qualname__}"
+        parts.append((key, _normalized(source, obj)))
+        scope = dict(vars(sys.modules[obj.__module__])) if obj.__module__ in sys.modules else {}
+        if inspect.isfunction(obj):
+            scope.update(obj.__globals__)
+            with contextlib.suppress(ValueError, TypeError):
+                scope.update(inspect.getclosurevars(obj).nonlocals)
+        else:
             todo += list(obj.__mro__[1:])
-        for function in _functions_of(obj):
-            scope = {**function.__globals__, **inspect.getclosurevars(function).nonlocals}
-            todo += [scope[n] for n in sorted(_names_used(function.__code__)) if n in scope]
-    return "\n".join(f"{key}\n{text}" for key, text in sorted(sources.items()))
-
+        for name in sorted(_names_loaded(source)):
+            if name not in scope or name in vars(builtins) or inspect.ismodule(scope[name]):
+                continue
+            value = scope[name]
+            if inspect.isclass(value) or callable(value) and not isinstance(value, nn.Module):
+                todo.append(value)
+            elif _simple(value):
+                parts.append((f"{key}:{name}", repr(value)))
+            else:
+                parts.append((f"{key}:{name}", f"a {type(value).__module__}.{type(value).__qualname__}"))
+    return "\n".join(f"{key}\n{text}" for key, text in sorted(parts))
 
 
 def run_hash(cfg: train.TrainConfig, data_identity: str) -> str:
@@ -266,8 +335,15 @@ class RunRecord:
     def load_model(self, model: nn.Module | None = None, device="cpu") -> nn.Module:
         """The saved weights in ``model`` (default: a fresh model built from the record's config; a model
         that can start from downloaded weights, like the ResNet18 transfer model, is built without them,
-        since model.pt holds every weight)."""
+        since model.pt holds every weight). A user's network must be defined as it was when the run
+        trained (its code version is checked)."""
         if model is None:
+            name = self.config.model
+            user = models.is_user_model(name) and user_code(models.builder_of(name))  # not a stand-in
+            if user and self.env.get("code_version") not in (None, code_version(name)):
+                raise CifarlibError(f"the network {name!r} has changed since the run in {self.dir} was trained, so its "
+                                    "weights would fill another network; load it with the definition it was trained "
+                                    "with, or train the new one")
             kw = dict(self.metrics.get("model_build_kw", self.config.model_kw))
             if "pretrained" in models.builder_arguments(self.config.model)[0]:
                 kw.update(pretrained=False, weights_path=None)

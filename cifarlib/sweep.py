@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from cifarlib import atomic, paths, runs, train
+from cifarlib import atomic, models, paths, runs, train
 from cifarlib.errors import CifarlibError
 
 ENV_EXECUTOR = paths.ENV_EXECUTOR  # default executor for notebooks and the report ("local", "serial", ...)
@@ -116,8 +116,9 @@ def train_one(config: dict, data_root, runs_dir, threads: int | None, force: boo
     Module-level, so that every executor can pickle it by name."""
     import torch
 
-    if threads:
+    if threads:  # the sweep's plan: fit keeps it instead of following the load (its siblings are the load)
         torch.set_num_threads(threads)
+        os.environ[paths.ENV_THREADS] = str(threads)
     record = runs.train_or_load(train.TrainConfig.from_dict(config), data_root=data_root, runs_dir=runs_dir,
                                 force=force, progress=False)
     return str(record.dir), record.cached
@@ -134,6 +135,8 @@ def run_many(configs: Iterable[train.TrainConfig], data=None, data_root=None, ru
     total, ETA). When runs fail, the others still finish and :class:`SweepError` names the failures."""
     configs = list(configs)
     executor = resolve_executor(executor)
+    if any(models.is_user_model(c.model) for c in configs):
+        executor = "serial"  # a network defined in a notebook cannot be sent to other processes
     root = atomic.writable_dir(paths.runs_dir(runs_dir), what="run records to",  # before loading data: fail fast
                                remedy=f"pass runs_dir=/--runs-dir or set {paths.ENV_RUNS} to a writable folder")
     folders = [runs.run_dir_of(cfg, data, data_root, root) for cfg in configs]
@@ -169,9 +172,10 @@ def run_many(configs: Iterable[train.TrainConfig], data=None, data_root=None, ru
 def _serial_one(cfg, data, data_root, root, threads, force, progress, records, failures, folder) -> None:
     import torch
 
-    before = torch.get_num_threads()
-    if threads:
+    before, fixed = torch.get_num_threads(), os.environ.get(paths.ENV_THREADS)
+    if threads:  # a count the caller asked for: fit keeps it
         torch.set_num_threads(threads)
+        os.environ[paths.ENV_THREADS] = str(threads)
     try:
         records[folder] = runs.train_or_load(cfg, data=data, data_root=data_root, runs_dir=root, force=force,
                                              progress=progress)
@@ -182,6 +186,11 @@ def _serial_one(cfg, data, data_root, root, threads, force, progress, records, f
         print(f"failed: {cfg.name} seed {cfg.seed}: {_one_line(err)}", file=sys.stderr)
     finally:
         torch.set_num_threads(before)
+        if threads:
+            if fixed is None:
+                os.environ.pop(paths.ENV_THREADS, None)
+            else:
+                os.environ[paths.ENV_THREADS] = fixed
 
 
 def _parallel(todo: dict, executor, data_root, root, workers, threads, force, records, failures, bar) -> None:

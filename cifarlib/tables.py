@@ -74,7 +74,7 @@ def _metric_format(column: str) -> str | None:
 def _number(value, fmt: str) -> str:
     """``format(value, fmt)``, without the minus sign of a value that rounds to zero ("-0.00" -> "0.00")."""
     text = format(value, fmt)
-    if text.startswith("-") and not any(c in "123456789" for c in text):
+    if math.isfinite(value) and text.startswith("-") and not any(c in "123456789" for c in text):
         return format(0.0, fmt)
     return text
 

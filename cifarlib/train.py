@@ -523,29 +523,42 @@ def _check_input(model: nn.Module, loader: Loader, cfg: TrainConfig, precision: 
 LOAD_SAMPLE_S = 0.25  # how long fit watches the CPU before it chooses its thread count
 
 
-def _cpu_jiffies() -> tuple[int, int] | None:
-    """(busy, total) CPU time of the whole machine so far, from /proc/stat; None where there is none."""
+def _usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity mask: taskset, containers, SLURM)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def _cpu_jiffies(cpus: set[int]) -> tuple[int, int] | None:
+    """(busy, total) CPU time so far of the CPUs ``cpus``, from /proc/stat; None where there is none."""
+    busy = total = 0
     try:
         with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(v) for v in f.readline().split()[1:9]]
+            for line in f:
+                name, _, rest = line.partition(" ")
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    fields = [int(v) for v in rest.split()[:8]]
+                    busy += sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+                    total += sum(fields)
     except (OSError, ValueError):
         return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
+    return (busy, total) if total else None
 
 
 def busy_elsewhere(window: float = LOAD_SAMPLE_S) -> float | None:
-    """How many cores other processes keep busy, measured over ``window`` seconds (this process's own
-    CPU time taken out); None where the system does not say (no /proc/stat)."""
-    first, own, wall = _cpu_jiffies(), time.process_time(), time.perf_counter()
+    """How many of this process's CPUs other processes keep busy, measured over ``window`` seconds (this
+    process's own CPU time taken out); None where the system does not say (no /proc/stat)."""
+    cpus = _usable_cpus()
+    first, own, wall = _cpu_jiffies(cpus), time.process_time(), time.perf_counter()
     if first is None:
         return None
     time.sleep(window)
-    second = _cpu_jiffies()
+    second = _cpu_jiffies(cpus)
     if second is None or second[1] == first[1]:
         return None
-    cores = os.cpu_count() or 1
-    busy = (second[0] - first[0]) / (second[1] - first[1]) * cores
+    busy = (second[0] - first[0]) / (second[1] - first[1]) * len(cpus)
     ours = (time.process_time() - own) / max(time.perf_counter() - wall, 1e-9)
     return max(0.0, busy - ours)
 
@@ -560,12 +573,7 @@ def threads_for_load(current: int) -> int:
     others = busy_elsewhere()
     if others is None:
         return current
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 1
-    free = min(usable, (os.cpu_count() or 1) - others)
-    return max(1, min(current, round(free)))
+    return max(1, min(current, round(len(_usable_cpus()) - others)))
 
 
 @contextlib.contextmanager

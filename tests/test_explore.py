@@ -84,6 +84,9 @@ def test_your_network_from_a_file_is_keyed_by_its_own_code(ds, tmp_path, user_mo
     assert not widened.cached and widened.dir != first.dir  # a function the network calls
     forward_edit = USER_FILE.replace("self.conv(x).mean((2, 3))", "self.conv(x).relu().mean((2, 3))")
     assert run(user_module(forward_edit)).dir not in (first.dir, widened.dir)
+    with pytest.raises(CifarlibError, match="has changed since the run"):  # the edited network is registered now
+        first.load_model()
+    run(user_module())  # the original definition again
     reloaded = first.load_model()
     assert isinstance(reloaded, nn.Module) and reloaded.conv.out_channels == 8
 
@@ -115,6 +118,59 @@ def test_the_registry_decorator_in_your_own_code_also_keys_runs_by_that_code(ds,
     assert runs.code_version("tiny_builder") != before
 
 
+KEYED = '''
+import functools
+
+from torch import nn
+
+WIDTH = 4
+SCALE = (1, 2)
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+
+def make(block):
+    def build(num_classes=10):
+        return nn.Sequential(block(WIDTH), nn.Flatten(), nn.LazyLinear(num_classes))
+    return build
+
+
+class WithDefault(nn.Module):
+    def __init__(self, num_classes=10, block=Block):
+        super().__init__()
+        self.body = block(WIDTH)
+
+
+closure = make(Block)
+partial = functools.partial(WithDefault, num_classes=3)
+'''
+
+
+@pytest.mark.parametrize("edit", [
+    ("self.conv = nn.Conv2d(c, c, 3, padding=1)", "self.conv = nn.Conv2d(c, c, 5, padding=2)"),  # a captured class
+    ("WIDTH = 4", "WIDTH = 8"),  # a plain value the network reads
+    ("num_classes=3)", "num_classes=4)"),  # a partial's argument
+])
+@pytest.mark.parametrize("builder", ["closure", "partial"])
+def test_the_key_follows_closures_defaults_partials_and_plain_values(user_module, builder, edit):
+    from cifarlib import runs
+
+    def key(text):
+        module = user_module(text)
+        explore.register(getattr(module, builder), name=f"keyed_{builder}")
+        return runs.code_version(f"keyed_{builder}")
+
+    before = key(KEYED)
+    assert key(KEYED + "\n\ndef unrelated():\n    return 1\n") == before  # other code: the same key
+    changed = key(KEYED.replace(*edit))
+    touches = not (builder == "closure" and edit[0].startswith("num_classes"))  # the closure has no partial
+    assert (changed != before) == touches
+
+
 def test_your_network_takes_its_arguments_and_seeds(ds, tmp_path, user_module):
     module = user_module()
     records = explore.train(module.TinyNet, like="baseline", seeds=2, seed=5, data=ds, runs_dir=tmp_path / "runs",
@@ -129,6 +185,8 @@ def test_a_name_of_ours_is_refused_and_a_typo_in_the_recipe_is_named(ds, tmp_pat
         explore.train(module.TinyNet, name="baseline", data=ds, runs_dir=tmp_path, live=False, **SETTINGS)
     with pytest.raises(CifarlibError, match="unknown knob"):
         explore.train(module.TinyNet, data=ds, runs_dir=tmp_path, live=False, epoch=1)
+    with pytest.raises(CifarlibError, match="not a built model"):
+        explore.train(module.TinyNet(), data=ds, runs_dir=tmp_path, live=False)
     assert "baseline" in models.model_names() and not models.is_user_model("baseline")
 
 
@@ -203,6 +261,7 @@ def test_a_network_defined_in_a_notebook_cell_is_found_again_after_a_kernel_rest
     assert len(live) == 1  # one figure, redrawn in place (beside it: the progress bar)
     again = run_notebook(NOTEBOOK_CELLS, tmp_path / "runs")  # a new kernel: the cell is run again
     assert again[-1].outputs[0]["text"].split() == [name, "True"]
+    assert not [o for o in again[-2].outputs if "image/png" in o.get("data", {})]  # read back: no empty figure
     edited = [c.replace("nn.Conv2d(in_channels, 6, 3", "nn.Conv2d(in_channels, 5, 3").replace("Linear(6", "Linear(5")
               for c in NOTEBOOK_CELLS]
     other, cached = run_notebook(edited, tmp_path / "runs")[-1].outputs[0]["text"].split()
