@@ -92,9 +92,6 @@ def _acc(item, split: str) -> float:
     return value
 
 
-VERDICTS = ("helps", "hurts", "cannot tell")
-
-
 def verdict(low: float, high: float) -> str:
     """"helps" when the whole interval of an ingredient's contribution is above zero, "hurts" when below,
     else "cannot tell" (also without an interval)."""

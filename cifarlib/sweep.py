@@ -102,9 +102,6 @@ def resolve_executor(executor) -> object:
 
 # ---- the work of one run (in a worker) ------------------------------------------------------------
 
-_GPU_QUEUE = None
-
-
 def _init_worker(gpu_queue) -> None:
     """Pool worker start: take a GPU of its own (before CUDA starts) when the sweep hands them out."""
     if gpu_queue is not None:
