@@ -32,16 +32,25 @@ class AblationResult:
     changes: list = field(default_factory=list)  # the Change objects, in the order given
 
 
+def paired_configs(changes: Sequence[Change], reference: str = "loo_reference", prefix: str = "loo",
+                   profile: str = "full", seeds: int = 5, seed: int = 0, **knobs) -> list:
+    """The configs :func:`run_paired` trains: ``reference`` and every ``<prefix>_<change>`` with seeds
+    ``seed`` .. ``seed + seeds - 1``, in that order. A caller may put them into a larger sweep (Task 2
+    trains them beside Models A and B, so that two workers stay busy to the end); :func:`run_paired`
+    then reads them back."""
+    names = [reference] + [f"{prefix}_{c.name}" for c in changes]
+    return [cfg for name in names for cfg in sweep.seeded(experiments.notebook_config(name, profile, **knobs), seeds, seed)]
+
+
 def run_paired(changes: Sequence[Change], reference: str = "loo_reference", prefix: str = "loo",
                profile: str = "full", seeds: int = 5, seed: int = 0, data_root=None, runs_dir=None,
                executor=None, **knobs) -> AblationResult:
     """Train (or load) experiment ``reference`` and every ``<prefix>_<change>`` with seeds ``seed`` ..
     ``seed + seeds - 1``, all in one sweep on ``executor``. ``knobs`` (e.g. ``device="cpu"``; None: the
     experiment's own, see :func:`cifarlib.experiments.notebook_config`) apply to every run alike."""
-    names = [reference] + [f"{prefix}_{c.name}" for c in changes]
-    configs = [cfg for name in names
-               for cfg in sweep.seeded(experiments.notebook_config(name, profile, **knobs), seeds, seed)]
+    configs = paired_configs(changes, reference, prefix, profile, seeds, seed, **knobs)
     records = sweep.run_many(configs, data_root=data_root, runs_dir=runs_dir, executor=executor)
+    names = [reference] + [f"{prefix}_{c.name}" for c in changes]
     per = {name: records[i * seeds:(i + 1) * seeds] for i, name in enumerate(names)}
     return AblationResult(per[reference], {c.name: per[f"{prefix}_{c.name}"] for c in changes}, list(changes))
 

@@ -55,17 +55,19 @@ def run_seeds(group: Mapping[str, str], seeds: Sequence[int], profile: str = "fu
 
 def task2_records(profile: str = "full", seed: int = 0, seeds: int = 3, epochs: int | None = None,
                   device: str | None = None, data_root=None, runs_dir=None, train: bool = True,
-                  executor=None) -> dict:
+                  executor=None, also: Sequence = ()) -> dict:
     """``{label: [run record per seed]}`` of both models as Task 2 trains them (the quick profile
     runs one seed), all runs in one sweep on ``executor``. ``epochs`` and ``device`` are knobs of
-    :func:`cifarlib.experiments.notebook_config` (None: the experiment's own). With ``train=False``
-    nothing is trained: a model without all its finished runs is left out."""
+    :func:`cifarlib.experiments.notebook_config` (None: the experiment's own). ``also``: more configs
+    to train in the same sweep (the ablation's, read back later), so that the workers stay busy while
+    the long runs train instead of waiting for the last of them. With ``train=False`` nothing is
+    trained: a model without all its finished runs is left out."""
     n = 1 if profile == "quick" else seeds
     configs = {label: sweep.seeded(experiments.notebook_config(name, profile, epochs=epochs, device=device), n, seed)
                for label, name in improved.MODELS.items()}
     if train:
-        records = iter(sweep.run_many([c for cfgs in configs.values() for c in cfgs], data_root=data_root,
-                                      runs_dir=runs_dir, executor=executor))
+        records = iter(sweep.run_many([c for cfgs in configs.values() for c in cfgs] + list(also),
+                                      data_root=data_root, runs_dir=runs_dir, executor=executor))
         return {label: [next(records) for _ in cfgs] for label, cfgs in configs.items()}
     found = {label: [runs.find_finished(c, data_root=data_root, runs_dir=runs_dir) for c in cfgs]
              for label, cfgs in configs.items()}

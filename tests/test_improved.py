@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlib import ablation, data, evaluation, experiments, plots, runs, studies, train
+from cifarlib import ablation, data, evaluation, experiments, plots, runs, studies, sweep, train
 from cifarlib.ablation import AblationResult, Change
 from cifarlib.errors import CifarlibError
+from cifarlib.experiments import improved
 from cifarlib.experiments.improved import LOO, LOO_LABELS, LOO_WHY, LOO_WHY_HURTS
 from cifarlib.models import build_model, count_params
 from cifarlib.models.whitened import PatchWhitening
@@ -285,6 +286,19 @@ def test_run_paired_trains_reference_and_variants_with_the_same_seeds(tmp_path, 
     assert [r.config.seed for r in result.reference] == [3, 4] == [r.config.seed for r in result.variants["x"]]
     assert result.variants["x"][0].config.lr == pytest.approx(3e-3)
     assert len(ablation.paired_effects(result)) == 1
+
+
+def test_task2_records_trains_the_ablation_configs_in_its_own_sweep(monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweep, "run_many", lambda configs, **kw: calls.append(list(configs)) or
+                        [f"record {c.name} {c.seed}" for c in calls[-1]])
+    loo = ablation.paired_configs(improved.LOO[:2], profile="quick", seeds=2, seed=5)
+    assert [(c.name, c.seed) for c in loo] == [("loo_reference", 5), ("loo_reference", 6),
+                                              (f"loo_{improved.LOO[0].name}", 5), (f"loo_{improved.LOO[0].name}", 6),
+                                              (f"loo_{improved.LOO[1].name}", 5), (f"loo_{improved.LOO[1].name}", 6)]
+    records = studies.task2_records(profile="quick", seed=5, also=loo)
+    assert len(calls) == 1 and calls[0][-6:] == loo  # one sweep: two workers stay busy to the end
+    assert records == {label: [f"record {name} 5"] for label, name in improved.MODELS.items()}
 
 
 TINY_SYNTHETIC = dict(dataset="synthetic", model="table1_variant", epochs=1, batch_size=64, optimizer="adam", lr=1e-3,
