@@ -85,6 +85,19 @@ def paired_ci(differences: Sequence[float]) -> tuple[float, float]:
     return mean, t975(len(values) - 1) * sd / math.sqrt(len(values))
 
 
+def seeds_needed(half_width: float, runs: int, target: float = 1.0) -> int:
+    """How many paired seeds a 95 % interval of ``half_width`` from ``runs`` pairs would need to
+    shrink to ±``target``, if the differences kept the spread they showed (the smallest n with
+    t(0.975; n − 1) · sd / √n ≤ target); ``runs`` when it is narrow enough already."""
+    if runs < 2 or not math.isfinite(half_width):
+        raise CifarlibError("the seeds an interval needs can only be estimated from an interval of two or more pairs")
+    sd = half_width * math.sqrt(runs) / t975(runs - 1)
+    n = max(2, runs if half_width <= target else math.ceil((1.959964 * sd / target) ** 2))
+    while t975(n - 1) * sd / math.sqrt(n) > target:
+        n += 1
+    return n
+
+
 def _metrics(item) -> Mapping:
     return getattr(item, "metrics", item)
 
@@ -125,6 +138,8 @@ def paired_effects(result: AblationResult) -> pd.DataFrame:
         test, _ = paired_ci([_acc(r, "test") - _acc(v, "test") for r, v in pairs])
         rows.append({"change": change.name, "ingredient removed": change.description, "runs": len(pairs),
                      "val acc without (%)": sum(_acc(v, "val") for _, v in pairs) / len(pairs),
+                     "val acc without, lowest (%)": min(_acc(v, "val") for _, v in pairs),
+                     "val acc without, highest (%)": max(_acc(v, "val") for _, v in pairs),
                      "contribution (val, points)": val, "ci low": val - half, "ci high": val + half,
                      "contribution (test, points)": test, "verdict": verdict(val - half, val + half)})
     frame = pd.DataFrame(rows)
@@ -132,19 +147,24 @@ def paired_effects(result: AblationResult) -> pd.DataFrame:
 
 
 def reference_accuracy(result: AblationResult) -> dict:
-    """Mean and sample standard deviation (0 for one seed) of the reference's validation and test accuracy, in %."""
+    """Mean, sample standard deviation (0 for one seed), lowest and highest of the reference's validation
+    and test accuracy, in %."""
     frame = pd.DataFrame([{s: _acc(r, s) for s in ("val", "test")} for r in result.reference])
     std = frame.std(ddof=1).fillna(0.0)
-    return {"runs": len(frame), **{f"{s}_mean": frame[s].mean() for s in frame}, **{f"{s}_std": std[s] for s in frame}}
+    return {"runs": len(frame), **{f"{s}_mean": frame[s].mean() for s in frame}, **{f"{s}_std": std[s] for s in frame},
+            **{f"{s}_min": frame[s].min() for s in frame}, **{f"{s}_max": frame[s].max() for s in frame}}
 
 
 def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None = None,
-               why: Mapping[str, str] | None = None, why_hurts: Mapping[str, str] | None = None) -> str:
+               why: Mapping[str, str] | None = None, why_hurts: Mapping[str, str] | None = None,
+               precision: float = 1.0) -> str:
     """The Task 2(e) discussion as Markdown, every claim built from ``table`` (:func:`paired_effects`)
     and the reference's accuracy ``ref`` (:func:`reference_accuracy`): which ingredients demonstrably
     help or hurt (their interval excludes zero), which the data cannot tell apart from nothing (each
     with its own interval), the largest estimated contribution, and the mechanism (``why``) of those
-    with a verdict (``why_hurts`` for those whose removal helped)."""
+    with a verdict (``why_hurts`` for those whose removal helped), and, for intervals wider than
+    ±``precision`` points, how far the runs without the ingredient scatter and how many seeds that
+    precision would take."""
     labels, why, why_hurts = labels or {}, why or {}, why_hurts or {}
     if table.empty:
         return "No ingredient was measured, so there is nothing to discuss."
@@ -153,10 +173,10 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
         return labels.get(change, change.replace("_", " "))
 
     def pts(value):
-        return f"{value:+.2f}".replace("-", "\u2212")
+        return tables.signed(value)
 
     def interval(row):
-        return f"95 % CI {pts(row['ci low'])} to {pts(row['ci high'])} points"
+        return f"95 % CI {tables.interval(row['ci low'], row['ci high'])} points"
 
     def ci(row):
         return f"{pts(row['contribution (val, points)'])} points, {interval(row)}"
@@ -198,10 +218,31 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
         parts.append(f"For an ingredient without any effect, a 95 % interval still excludes zero in one case in twenty; "
                      f"among these {len(measured)} intervals, a verdict whose interval ends close to zero is the least "
                      "certain.")
+    wide = {c: r for c, r in measured.items() if (r["ci high"] - r["ci low"]) / 2 > precision}
+    if wide:
+        unit = f"±{precision:g} point{'s' if precision != 1 else ''}"
+        each = [f"{name(c)} (±{(r['ci high'] - r['ci low']) / 2:.2f} points; the runs without it end between "
+                f"{r['val acc without, lowest (%)']:.1f} and {r['val acc without, highest (%)']:.1f} %; {unit} would "
+                f"take about {seeds_needed((r['ci high'] - r['ci low']) / 2, int(r['runs']), precision)} seeds)"
+                for c, r in wide.items()]
+        reference = (f" The reference's own runs end between {ref['val_min']:.1f} and {ref['val_max']:.1f} %."
+                     if "val_min" in ref else "")
+        settled = [c for c in wide if c not in unclear]
+        parts.append(f"{_upper(_count(len(measured) - len(wide), len(measured)))} intervals are within {unit}. "
+                     f"Wider {'is that' if len(wide) == 1 else 'are those'} of {_join(each)}.{reference}"
+                     + (f" The verdict on {_join([name(c) for c in settled])} holds all the same: "
+                        f"{'its interval excludes' if len(settled) == 1 else 'each of these intervals excludes'} zero."
+                        if settled else ""))
     reasons = {**{c: why[c] for c in helps if c in why}, **{c: why_hurts[c] for c in hurts if c in why_hurts}}
     bullets = [f"- **{_upper(name(c))}** ({pts(rows[c]['contribution (val, points)'])} points): {reasons[c]}"
                for c in helps + hurts if c in reasons]
     return "\n\n".join(p for p in (" ".join(parts), "\n".join(bullets)) if p)
+
+
+def _count(n: int, of: int) -> str:
+    words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+    say = (lambda k: words[k] if k < len(words) else str(k))
+    return f"{say(n)} of the {say(of)}"
 
 
 def _upper(text: str) -> str:

@@ -711,7 +711,8 @@ def _as_dict(obj) -> dict:
 def run_row(rec) -> list:
     config, env, metrics = _as_dict(rec.config), _as_dict(rec.env), _as_dict(rec.metrics)
     name, _, digest = Path(rec.dir).name.rpartition("-")
-    commit = provenance.commit_label(env.get("git_commit"), env.get("git_dirty"))
+    commit = env.get("git_commit")  # short, so that the column stays one line wide in print
+    commit = f"{commit[:10]}{'*' if env.get('git_dirty') else ''}" if commit else "–"
     wall = env.get("wall_s", metrics.get("wall_s"))
     return [f"`{name or config.get('name', '?')}`", f"`{digest}`", config.get("seed", "?"), commit,
             env.get("torch", "?"), env.get("device", metrics.get("device", "?")),
@@ -734,7 +735,7 @@ def provenance_cells(parts: list[Part], runs: list, source: str, number: int, in
             md_table(["notebook", "parameters", "wall time", "status"], part_rows)]
     if runs:
         text += [f"Run records {source} (config hash: the suffix of the run's folder; git commit: the code's "
-                 "version, \"modified\" when it had uncommitted changes; wall time: the training time when the run "
+                 "version, with an asterisk when it had uncommitted changes; wall time: the training time when the run "
                  "was made).",
                  md_table(["run", "config hash", "seed", "git commit", "torch", "device", "wall time"],
                           [run_row(r) for r in runs])]

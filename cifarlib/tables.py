@@ -79,6 +79,20 @@ def _number(value, fmt: str) -> str:
     return text
 
 
+def signed(value: float, fmt: str = "+.2f") -> str:
+    """A signed number as a reader writes it: "+1.13", "−0.18" (a true minus sign), "+0.00" for a
+    value that rounds to zero."""
+    return typeset(_number(value, fmt))
+
+
+def interval(low: float, high: float, fmt: str = "+.2f") -> str:
+    """A confidence interval as a reader writes it, "−0.18 to +1.13": a true minus sign, and no
+    sign on a bound that rounds to zero; "–" when a bound is missing (NaN)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "–"
+    return f"{signed(low, fmt)} to {signed(high, fmt)}"
+
+
 def _yes_no(v):
     return {True: "yes", False: "no"}.get(v, v) if isinstance(v, bool) else v
 

@@ -250,6 +250,31 @@ def test_the_discussion_names_exactly_what_the_intervals_show():
     assert "averaged over 1 to 3 seeds" in mixed and "Delta ran with one seed" in mixed and "alpha (+5.00" in mixed
 
 
+def test_seeds_needed_for_a_narrower_interval_match_a_hand_computation():
+    # differences with sd 3 over 3 seeds: half-width t(0.975; 2) * 3 / sqrt(3) = 7.45. For ±1 point:
+    # n = 37 gives 2.0281 * 3 / sqrt(37) = 1.0003 (too wide), n = 38 gives 2.0262 * 3 / sqrt(38) = 0.9861.
+    half = ablation.t975(2) * 3 / math.sqrt(3)
+    assert ablation.seeds_needed(half, 3) == 38
+    assert ablation.seeds_needed(half, 3, target=2.0) == 12  # 2.201 * 3 / sqrt(12) = 1.906; at 11: 2.228 * 3 / sqrt(11) = 2.015
+    assert ablation.seeds_needed(0.5, 5) == 5  # narrow enough already
+    with pytest.raises(CifarlibError, match="two or more pairs"):
+        ablation.seeds_needed(1.5, 1)
+
+
+def test_the_discussion_says_which_intervals_are_too_wide_and_what_would_narrow_them():
+    result = _result()
+    table, ref = ablation.paired_effects(result), ablation.reference_accuracy(result)
+    text = ablation.discussion(table[table["change"] != "d"], ref, {"c": "gamma"})
+    assert ("Two of the three intervals are within ±1 point. Wider is that of gamma (±7.45 points; the runs "
+            "without it end between 78.0 and 83.0 %; ±1 point would take about 38 seeds). The reference's own runs "
+            "end between 80.0 and 82.0 %.") in text
+    assert "holds all the same" not in text  # gamma's verdict is "cannot tell"
+    result.variants["c"] = [_run(0.70 + k / 100 + e, 0.79, k) for k, e in enumerate((0.03, -0.03, 0.0))]
+    text = ablation.discussion(ablation.paired_effects(result), ablation.reference_accuracy(result), {"c": "gamma"})
+    assert "The verdict on gamma holds all the same: its interval excludes zero." in text
+    assert "within ±1 point" not in ablation.discussion(table[table["change"] == "a"], ref)  # nothing too wide
+
+
 def test_several_hurting_ingredients_are_each_said_to_hurt_on_their_own():
     result = _result()
     result.variants["c"] = [_run(0.82 + k / 100, 0.80, k) for k in range(3)]  # 2 points better each seed

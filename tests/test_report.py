@@ -346,8 +346,11 @@ def test_provenance_row_from_a_run_record():
     rec = SimpleNamespace(dir=Path("runs/baseline-3f2a9c01de"), config={"name": "baseline", "seed": 2},
                           metrics={"wall_s": 12.5}, env={"git_commit": "0123456789abcdef", "git_dirty": True,
                                                          "torch": "2.5.1", "device": "cuda:0", "wall_s": 61.25})
-    assert report.run_row(rec) == ["`baseline`", "`3f2a9c01de`", 2, "0123456789 (modified)", "2.5.1", "cuda:0",
-                                   "61.2 s"]
+    assert report.run_row(rec) == ["`baseline`", "`3f2a9c01de`", 2, "0123456789*", "2.5.1", "cuda:0", "61.2 s"]
+    rec.env.update(git_dirty=False)
+    assert report.run_row(rec)[3] == "0123456789"
+    rec.env.pop("git_commit")
+    assert report.run_row(rec)[3] == "–"
 
 
 def test_figures_get_numbered_captions():

@@ -66,3 +66,9 @@ def test_a_value_that_rounds_to_zero_has_no_minus_sign():
                               floatfmt=".2f")
     cells = [line.split("|")[2].strip() for line in text.splitlines()[2:]]
     assert cells == ["0.00", "0.00", "\u22120.25"]
+
+
+def test_an_interval_reads_with_true_minus_signs_and_no_negative_zero():
+    assert tables.interval(-0.18, 1.126) == "\u22120.18 to +1.13"
+    assert tables.interval(-0.004, 0.5) == "+0.00 to +0.50"  # not "-0.00"
+    assert tables.interval(float("nan"), 1.0) == "–"
