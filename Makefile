@@ -23,7 +23,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PIP_FLAGS ?= -q
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: report test install bench clean-build help
+.PHONY: report test install bench gpu-check clean-build help
 
 help:
 	@sed -n '1,10p' Makefile
@@ -38,6 +38,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m cifarlib bench $(if $(DATA),--data-root "$(DATA)")
+
+# The CUDA path, run and timed: bench, one epoch of Model B, the quick report (FULL=1: the full report too).
+gpu-check: $(STAMP)
+	$(PY) -m cifarlib gpu-check $(if $(DATA),--data-root "$(DATA)") $(if $(MNIST),--mnist-root "$(MNIST)") \
+	  $(if $(FULL),--full)
 
 install: $(STAMP)
 

@@ -1,7 +1,7 @@
 """``python -m cifarlib <command> ...`` — the commands the README and the Makefile call.
 
 This file only dispatches: each command is a function ``f(argv) -> exit status`` in a face module
-(``commands``, ``data.command``, ``bench``, ``report``), imported when called, so that
+(``commands``, ``data.command``, ``bench``, ``report``, ``devcheck``), imported when called, so that
 ``python -m cifarlib data`` does not pay for importing the report machinery and vice versa.
 Nothing in the package imports this module.
 """
@@ -22,6 +22,7 @@ COMMANDS = {
     "run": ("cifarlib.commands", "run", "train named experiments (or load their cached runs)"),
     "bench": ("cifarlib.bench", "cli", "training throughput: cifarlib vs a reference pipeline"),
     "report": ("cifarlib.report", "cli", "run the notebooks and export the PDF/HTML report"),
+    "gpu-check": ("cifarlib.devcheck", "cli", "run and time the bench, Model B and the report on a GPU"),
 }
 
 

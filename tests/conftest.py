@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from cifarlib import data, paths
+from cifarlib import data, devcheck, paths
 
 
 def _real(name: str, env: str):
@@ -40,48 +40,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def write_image_tree(root, classes, per_class: dict, channels: int, size: int, seed: int) -> None:
-    """``root/<split>/<class>/<k>.png`` from :func:`cifarlib.data.synthetic` images (learnable classes)."""
-    from PIL import Image
-
-    for s, (split, n) in enumerate(per_class.items()):
-        ds = data.synthetic(n_train=n * len(classes), n_test=0, num_classes=len(classes), channels=channels,
-                            size=size, seed=seed + s)
-        for k, (image, label) in enumerate(zip(ds.train.images, ds.train.labels)):
-            folder = root / split / classes[int(label)]
-            folder.mkdir(parents=True, exist_ok=True)
-            pixels = image.permute(1, 2, 0).numpy()
-            Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(folder / f"{k:05d}.png")
-
-
 @pytest.fixture(scope="session")
 def quick_data(tmp_path_factory) -> dict:
     """Data roots for running the notebooks on the quick profile: the real data sets where
-    $CIFARLIB_DATA / $CIFARLIB_MNIST_DATA point at them, else small ones of the same layouts made
-    here (a CIFAR-like image-folder tree and an MNIST-like .tar.gz archive), big enough for every
-    quick-profile run. Maps the variable name to the root."""
-    import tarfile
-
-    roots = {}
-    if os.environ.get(paths.ENV_DATA):
-        roots[paths.ENV_DATA] = os.environ[paths.ENV_DATA]
-    else:
-        cifar = tmp_path_factory.mktemp("cifar10-like")
-        write_image_tree(cifar, CIFAR_CLASSES, {"train": 110, "test": 50}, channels=3, size=32, seed=1)
-        roots[paths.ENV_DATA] = str(cifar)
-    if os.environ.get(paths.ENV_MNIST):
-        roots[paths.ENV_MNIST] = os.environ[paths.ENV_MNIST]
-    else:
-        tree = tmp_path_factory.mktemp("mnist-like")
-        write_image_tree(tree, [str(d) for d in range(10)], {"train": 60, "test": 20}, channels=1, size=28, seed=2)
-        archive = tree.parent / "mnist-like.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
-            for split in ("train", "test"):
-                tar.add(tree / split, arcname=split)
-        roots[paths.ENV_MNIST] = str(archive)
+    $CIFARLIB_DATA / $CIFARLIB_MNIST_DATA point at them, else the small stand-in sets of the same
+    layouts that ``gpu-check`` makes (a CIFAR-like image-folder tree and an MNIST-like .tar.gz
+    archive), big enough for every quick-profile run. Maps the variable name to the root."""
+    roots = {env: os.environ[env] for env in (paths.ENV_DATA, paths.ENV_MNIST) if os.environ.get(env)}
+    if len(roots) < 2:
+        made = devcheck.stand_in_data(tmp_path_factory.mktemp("stand-in-data"))
+        roots = {**made, **roots}
     return roots
 
 
