@@ -16,6 +16,7 @@ epoch also evaluates its 5,000-image training subset, as ``fit`` does.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from itertools import islice
 
@@ -166,6 +167,11 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--fp32", action="store_true", help="also time cifarlib in fp32 (what precision auto gains)")
+    p.add_argument("--repeat", type=int, default=3, help="times the comparison is repeated; the median speedup is "
+                   "the result (default 3)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: where a cifarlib training step of the Table-1 CNN spends its time (by operator), "
+                        "and its arithmetic rate against this machine's fp32 and bf16 matrix-product rates")
     p.add_argument("--load", action="store_true",
                    help="instead: cifarlib's training throughput idle and beside a competing 2-thread torch process, "
                         "for torch's default threads, OpenMP's passive wait policy, one thread and cifarlib's "
@@ -180,6 +186,8 @@ def cli(argv: list[str]) -> int:
         return sweep_bench(args.sweep, args.data_root, args.device)
     if args.steps < 1 or args.batch_size < 1 or args.workers < 0:
         p.error("--steps and --batch-size must be >= 1 and --workers >= 0")
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
     if args.load:
         return load_bench(args.data_root, args.steps, args.batch_size)
     if args.threads is not None and args.threads < 1:
@@ -209,12 +217,77 @@ def cli(argv: list[str]) -> int:
         torch.manual_seed(0)
         return Table1Net(**shape, widths=(128, 256, 512))
 
-    speedup = compare("Table-1 CNN", table1, splits, device, args.steps, args.batch_size, args.workers, args.fp32)
+    if args.profile:
+        return profile_step(table1, splits, device, args.steps, args.batch_size)
+    speedups = [compare(f"Table-1 CNN, run {k + 1} of {args.repeat}", table1, splits, device, args.steps,
+                        args.batch_size, args.workers, args.fp32 and k == 0) for k in range(args.repeat)]
+    speedup = statistics.median(speedups)
     if device.type == "cuda":
         wide_speedup = compare("Table-1 CNN, widths x4", wide, splits, device, args.steps, args.batch_size,
                                args.workers)
         print(f"wide-model speedup: {wide_speedup:.2f}x")
-    print(f"speedup: {speedup:.2f}x")
+    if len(speedups) > 1:
+        print(f"speedups: {', '.join(f'{x:.2f}x' for x in speedups)}")
+    print(f"speedup: {speedup:.2f}x" + (f" (median of {len(speedups)})" if len(speedups) > 1 else ""))
+    return 0
+
+
+def matmul_rate(dtype: torch.dtype, device, n: int = 1024, repeats: int = 20) -> float:
+    """FLOP/s of an n×n matrix product in ``dtype`` on ``device``: what this machine's arithmetic
+    reaches on the friendliest kernel there is, the ceiling against which a training step is read."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def profile_step(make_model, splits: data.Splits, device, steps: int, batch_size: int) -> int:
+    """Where the time of cifarlib's Table-1 training step goes, operator by operator (torch.profiler,
+    self time), and the step's arithmetic rate (6 × the forward multiply-accumulates per image: the
+    forward pass counts 2 FLOP a MAC, the backward pass twice that) against the fp32 and bf16 matrix
+    products of :func:`matmul_rate`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cifarlib import evaluation
+
+    model = make_model()
+    flop = 6 * evaluation.forward_macs(model, (1, *splits.train.images.shape[1:]))
+    result = cifarlib_pipeline(make_model, splits, device, steps, batch_size)
+    rate = flop * result["train_ips"]
+    print(f"\nTable-1 CNN, batch {batch_size}, {result['precision']}, channels_last, {torch.get_num_threads()} threads: "
+          f"{result['train_ips']:,.0f} img/s x {flop / 1e6:,.0f} MFLOP a training image = {rate / 1e9:,.1f} GFLOP/s")
+    for dtype in (torch.float32, torch.bfloat16):
+        peak = matmul_rate(dtype, device)
+        print(f"  {str(dtype).removeprefix('torch.')} 1024x1024 matrix product: {peak / 1e9:,.1f} GFLOP/s "
+              f"(the step reaches {rate / peak:.0%} of it)")
+    cfg = TrainConfig(batch_size=batch_size, precision="auto", channels_last=True)
+    precision = resolve_precision(cfg.precision, device)
+    model = make_model().to(device, memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loader = _endless(data.Loader(splits.train, batch_size, shuffle=True, seed=0, mean=splits.mean, std=splits.std,
+                                  device=device, channels_last=True))
+    model.train()
+    _time_steps(lambda x, y: train_step(model, opt, scaler, x, y, cfg, precision), loader, WARMUP_STEPS, device)
+    loader = _endless(data.Loader(splits.train, batch_size, shuffle=True, seed=1, mean=splits.mean, std=splits.std,
+                                  device=device, channels_last=True))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for x, y in islice(loader, steps):
+            train_step(model, opt, scaler, x, y, cfg, precision)
+        _sync(device)
+    loader.close()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    print(f"\nwhere a step's time goes ({steps} steps under the profiler, self time, top 15 of {len(events)} operators):")
+    print(f"  {'operator':<44} {'share':>6} {'ms a step':>9} {'calls a step':>12}")
+    for e in events[:15]:
+        print(f"  {e.key[:44]:<44} {e.self_cpu_time_total / total:>6.1%} {e.self_cpu_time_total / 1e3 / steps:>9.2f} "
+              f"{e.count / steps:>12.1f}")
     return 0
 
 

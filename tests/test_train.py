@@ -278,7 +278,20 @@ def test_bench_runs_on_synthetic_data_and_reports_speedup(capsys, monkeypatch):
     assert cli.main(["bench", "--steps", "2", "--batch-size", "16", "--device", "cpu"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert "synthetic" in out[0] and any("reference" in line for line in out)
-    assert out[-1].startswith("speedup: ") and out[-1].endswith("x") and float(out[-1][9:-1]) > 0
+    assert out[-1].startswith("speedup: ") and out[-1].endswith("x (median of 3)")
+    runs = [float(x.rstrip("x")) for x in out[-2].removeprefix("speedups: ").split(", ")]
+    assert len(runs) == 3 and float(out[-1].split()[1][:-1]) == pytest.approx(sorted(runs)[1], abs=0.006)
+    assert sum("Table-1 CNN, run" in line for line in out) == 3
+
+
+def test_bench_profile_shows_where_a_step_goes_and_its_rate_against_matrix_products(capsys, monkeypatch):
+    monkeypatch.delenv("CIFARLIB_DATA", raising=False)
+    assert cli.main(["bench", "--profile", "--steps", "3", "--batch-size", "16", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "MFLOP a training image" in out and "float32 1024x1024 matrix product" in out and "bfloat16" in out
+    rows = out[out.index("where a step's time goes"):].splitlines()[2:]
+    shares = [float(line.split()[-3].rstrip("%")) for line in rows if line.strip()]
+    assert 1 <= len(shares) <= 15 and shares == sorted(shares, reverse=True) and sum(shares) <= 100.5
 
 
 @pytest.mark.slow
