@@ -2,7 +2,7 @@
 
 - ``improved_a``: Model A, compact (Table-1 layout, two 3x3 conv-BN-ReLU per stage) with a modern
   recipe: SGD Nesterov, one-cycle learning rate, weight decay, label smoothing, crop + flip, flip TTA.
-- ``improved_b``: Model B, patch-whitening stem + three conv groups (64/384/384) whose convolutions
+- ``improved_b``: Model B, patch-whitening stem + three conv groups (64/256/256) whose convolutions
   start as identities, batch 1024, the same kind of recipe tuned for a short run (BN shifts with a
   64x learning rate, label smoothing 0.2, mirrored-edge crops, alternating flips, lookahead), and
   test-time flip averaging.
@@ -61,7 +61,7 @@ IMPROVED_B = dict(
 
 register("improved_a", "Model A: Table-1 layout with 2x(conv3x3-BN-ReLU) per stage, SGD one-cycle, crop+flip, "
          "label smoothing, flip TTA", part="improved", quick=QUICK, **IMPROVED_A)
-register("improved_b", "Model B: patch-whitening stem, conv groups 64/384/384 (identity init), batch 1024 SGD "
+register("improved_b", "Model B: patch-whitening stem, conv groups 64/256/256 (identity init), batch 1024 SGD "
          "one-cycle, lookahead, mirrored crop + alternating flip, flip TTA", part="improved", quick=QUICK, **IMPROVED_B)
 
 # ---- leave-one-out from Model A (Task 2(e)) -----------------------------------------------------
