@@ -1,7 +1,7 @@
 # The two commands the README names first:
 #   make report   build the whole report (report/report.pdf and report/report.html)
 #   make test     run the test suite (unit tests + every notebook on the quick profile)
-# Both create .venv and install everything on first use.
+# Both create .venv and install everything on first use. Also: make bench; make gpu-check [FULL=1] (on a GPU).
 #
 # Variables: PROFILE=full|quick  DATA=<CIFAR-10 root>  MNIST=<MNIST root>  DEVICE=auto|cpu|cuda
 #            (DATA/MNIST optional: default $CIFARLIB_DATA/$CIFARLIB_MNIST_DATA, else downloaded once into ~/.cache/cifarlib)
@@ -42,7 +42,7 @@ bench: $(STAMP)
 # The CUDA path, run and timed: bench, one epoch of Model B, the quick report (FULL=1: the full report too).
 gpu-check: $(STAMP)
 	$(PY) -m cifarlib gpu-check $(if $(DATA),--data-root "$(DATA)") $(if $(MNIST),--mnist-root "$(MNIST)") \
-	  $(if $(FULL),--full)
+	  $(if $(filter 1 yes true,$(FULL)),--full)
 
 install: $(STAMP)
 

@@ -89,6 +89,8 @@ def seeds_needed(half_width: float, runs: int, target: float = 1.0) -> int:
     """How many paired seeds a 95 % interval of ``half_width`` from ``runs`` pairs would need to
     shrink to ±``target``, if the differences kept the spread they showed (the smallest n with
     t(0.975; n − 1) · sd / √n ≤ target); ``runs`` when it is narrow enough already."""
+    if not target > 0:
+        raise CifarlibError(f"the target half-width must be a positive number of points, got {target}")
     if runs < 2 or not math.isfinite(half_width):
         raise CifarlibError("the seeds an interval needs can only be estimated from an interval of two or more pairs")
     sd = half_width * math.sqrt(runs) / t975(runs - 1)
@@ -138,12 +140,17 @@ def paired_effects(result: AblationResult) -> pd.DataFrame:
         test, _ = paired_ci([_acc(r, "test") - _acc(v, "test") for r, v in pairs])
         rows.append({"change": change.name, "ingredient removed": change.description, "runs": len(pairs),
                      "val acc without (%)": sum(_acc(v, "val") for _, v in pairs) / len(pairs),
-                     "val acc without, lowest (%)": min(_acc(v, "val") for _, v in pairs),
-                     "val acc without, highest (%)": max(_acc(v, "val") for _, v in pairs),
+                     "val acc without, lowest (%)": _extreme(min, [_acc(v, "val") for _, v in pairs]),
+                     "val acc without, highest (%)": _extreme(max, [_acc(v, "val") for _, v in pairs]),
                      "contribution (val, points)": val, "ci low": val - half, "ci high": val + half,
                      "contribution (test, points)": test, "verdict": verdict(val - half, val + half)})
     frame = pd.DataFrame(rows)
     return frame.sort_values("contribution (val, points)", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _extreme(pick, values: list[float]) -> float:
+    """``pick`` (min or max) of the finite ``values``; NaN when a run has none (it diverged)."""
+    return math.nan if any(math.isnan(v) for v in values) else pick(values)
 
 
 def reference_accuracy(result: AblationResult) -> dict:
@@ -166,6 +173,8 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
     ±``precision`` points, how far the runs without the ingredient scatter and how many seeds that
     precision would take."""
     labels, why, why_hurts = labels or {}, why or {}, why_hurts or {}
+    if not precision > 0:
+        raise CifarlibError(f"precision must be a positive number of points, got {precision}")
     if table.empty:
         return "No ingredient was measured, so there is nothing to discuss."
 
@@ -191,10 +200,15 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
              "Each ingredient's contribution is the reference's accuracy minus that of the run without it, with the "
              f"same seed, averaged over {seeds}.")
     parts = [intro]
-    single = [c for c in rows if c not in measured]
+    single = [c for c in rows if c not in measured and int(rows[c]["runs"]) < 2]
     if single:
         parts.append(f"{_upper(_join([name(c) for c in single]))} ran with one seed, which gives no measure of the "
                      "noise, so nothing is claimed about " + ("it." if len(single) == 1 else "them."))
+    failed = [c for c in rows if c not in measured and c not in single]
+    if failed:
+        parts.append(f"Without {_join([name(c) for c in failed], 'or')} at least one run ended without a validation "
+                     "accuracy (its loss diverged), so no mean and no interval can be given for "
+                     + ("it." if len(failed) == 1 else "them."))
     helps = [c for c, r in measured.items() if r["verdict"] == "helps"]
     hurts = [c for c, r in measured.items() if r["verdict"] == "hurts"]
     unclear = [c for c, r in measured.items() if r["verdict"] == "cannot tell"]
@@ -216,20 +230,27 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
                      f"{'its interval includes' if len(unclear) == 1 else 'each interval includes'} zero.")
     if len(measured) > 1 and helps + hurts:
         parts.append(f"For an ingredient without any effect, a 95 % interval still excludes zero in one case in twenty; "
-                     f"among these {len(measured)} intervals, a verdict whose interval ends close to zero is the least "
+                     f"among these {_say(len(measured))} intervals, a verdict whose interval ends close to zero is the least "
                      "certain.")
-    wide = {c: r for c, r in measured.items() if (r["ci high"] - r["ci low"]) / 2 > precision}
+    half = {c: round((r["ci high"] - r["ci low"]) / 2, 2) for c, r in measured.items()}  # as printed
+    wide = {c: r for c, r in measured.items() if half[c] > precision}
     if wide:
         unit = f"±{precision:g} point{'s' if precision != 1 else ''}"
-        each = [f"{name(c)} (±{(r['ci high'] - r['ci low']) / 2:.2f} points; the runs without it end between "
+        each = [f"{name(c)} (±{half[c]:.2f} points; the runs without it end between "
                 f"{r['val acc without, lowest (%)']:.1f} and {r['val acc without, highest (%)']:.1f} %; {unit} would "
                 f"take about {seeds_needed((r['ci high'] - r['ci low']) / 2, int(r['runs']), precision)} seeds)"
                 for c, r in wide.items()]
+        within = len(measured) - len(wide)
+        if len(measured) == 1:
+            lead = f"The interval of {each[0]} is wider than {unit}."
+        else:
+            count = "None" if within == 0 else _upper(_say(within))
+            lead = (f"{count} of the {_say(len(measured))} intervals {'is' if within <= 1 else 'are'} within {unit}. "
+                    f"Wider {'is that' if len(wide) == 1 else 'are those'} of {_join(each)}.")
         reference = (f" The reference's own runs end between {ref['val_min']:.1f} and {ref['val_max']:.1f} %."
                      if "val_min" in ref else "")
         settled = [c for c in wide if c not in unclear]
-        parts.append(f"{_upper(_count(len(measured) - len(wide), len(measured)))} intervals are within {unit}. "
-                     f"Wider {'is that' if len(wide) == 1 else 'are those'} of {_join(each)}.{reference}"
+        parts.append(lead + reference
                      + (f" The verdict on {_join([name(c) for c in settled])} holds all the same: "
                         f"{'its interval excludes' if len(settled) == 1 else 'each of these intervals excludes'} zero."
                         if settled else ""))
@@ -239,10 +260,10 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
     return "\n\n".join(p for p in (" ".join(parts), "\n".join(bullets)) if p)
 
 
-def _count(n: int, of: int) -> str:
+def _say(n: int) -> str:
+    """A count as a word up to twelve, in digits above."""
     words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
-    say = (lambda k: words[k] if k < len(words) else str(k))
-    return f"{say(n)} of the {say(of)}"
+    return words[n] if 0 <= n < len(words) else str(n)
 
 
 def _upper(text: str) -> str:

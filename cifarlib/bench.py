@@ -276,18 +276,25 @@ def profile_step(make_model, splits: data.Splits, device, steps: int, batch_size
     _time_steps(lambda x, y: train_step(model, opt, scaler, x, y, cfg, precision), loader, WARMUP_STEPS, device)
     loader = _endless(data.Loader(splits.train, batch_size, shuffle=True, seed=1, mean=splits.mean, std=splits.std,
                                   device=device, channels_last=True))
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
         for x, y in islice(loader, steps):
             train_step(model, opt, scaler, x, y, cfg, precision)
         _sync(device)
     loader.close()
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events) or 1
-    print(f"\nwhere a step's time goes ({steps} steps under the profiler, self time, top 15 of {len(events)} operators):")
+
+    def spent(event) -> float:  # self time in µs: on the GPU where the kernels run, else on the CPU
+        if gpu:
+            return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        return event.self_cpu_time_total
+
+    events = sorted((e for e in prof.key_averages() if spent(e) > 0), key=spent, reverse=True)
+    total = sum(spent(e) for e in events) or 1
+    print(f"\nwhere a step's time goes ({steps} steps under the profiler, self {'GPU' if gpu else 'CPU'} time, "
+          f"top 15 of {len(events)} operators):")
     print(f"  {'operator':<44} {'share':>6} {'ms a step':>9} {'calls a step':>12}")
     for e in events[:15]:
-        print(f"  {e.key[:44]:<44} {e.self_cpu_time_total / total:>6.1%} {e.self_cpu_time_total / 1e3 / steps:>9.2f} "
-              f"{e.count / steps:>12.1f}")
+        print(f"  {e.key[:44]:<44} {spent(e) / total:>6.1%} {spent(e) / 1e3 / steps:>9.2f} {e.count / steps:>12.1f}")
     return 0
 
 

@@ -8,17 +8,19 @@ in its own process so that one failure does not hide the others:
 3. the quick report (every notebook, the PDF when TeX is there), trained fresh;
 4. with ``--full``: the full-profile report (the goal on one current datacenter GPU: 10 minutes).
 
-Fresh means into a scratch run folder under ``--out``, never the cached runs. Without ImageNet
-weights the ResNet18 part trains from scratch (``pretrained=False``), and says so. Without the data
-sets (none given, none in the cache) the check makes small stand-in sets of the real layouts (the
-same the tests use): the timings then show that the path runs, not what a real build costs. At the
-end one table: step, wall time, status; ``timings.json`` in ``--out`` keeps it with the device facts.
+Fresh means into scratch folders under ``--out``, emptied when the check starts, never the cached
+runs. Without ImageNet weights the ResNet18 part trains from scratch (``pretrained=False``), and
+says so. Without a data set (none given, none at the default location) the check makes a small
+stand-in of the real layout (the same the tests use): the timings then show that the path runs,
+not what a real build costs, and ``--full`` is refused. At the end one table: step, wall time,
+status; ``timings.json`` in ``--out`` keeps it with the device facts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -72,7 +74,7 @@ def device_facts(device: str) -> dict:
     """What the check runs on: torch, CUDA and the GPU's name and memory (or the CPU)."""
     import torch
 
-    facts = {"torch": torch.__version__, "device": device, "cuda": torch.version.cuda}
+    facts = {"torch": torch.__version__, "device": device, "cuda": torch.version.cuda or "–"}
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         facts.update(gpu=props.name, gpus=torch.cuda.device_count(),
@@ -144,19 +146,25 @@ def cli(argv: list[str]) -> int:
             raise CifarlibError(f"no CUDA device: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU; "
                                 "run the check on a machine with an NVIDIA GPU and a CUDA build of torch, or try the "
                                 "check itself with --device cpu")
-    out = atomic.writable_dir(Path(args.out).resolve(), what="the check's results to",
-                              remedy="pass --out with a writable folder")
-    env = dict(os.environ, CIFARLIB_RUNS=str(out / "runs"), CIFARLIB_FIGURES=str(out / "figures"))
     given = {paths.ENV_DATA: args.data_root or os.environ.get(paths.ENV_DATA),
              paths.ENV_MNIST: args.mnist_root or os.environ.get(paths.ENV_MNIST)}
-    if all(given.values()):
-        env.update({k: str(Path(v).resolve()) for k, v in given.items()})
-        data_note = f"CIFAR-10 {env[paths.ENV_DATA]}, MNIST {env[paths.ENV_MNIST]}"
+    missing = [env for env, root in given.items() if not root and not _downloaded(env)]
+    if missing and args.full:
+        raise CifarlibError(f"--full needs the real data sets, and {' and '.join(missing)} is not set (nor is the "
+                            "data at its default location); pass --data-root and --mnist-root, or leave out --full")
+    out = atomic.writable_dir(Path(args.out).resolve(), what="the check's results to",
+                              remedy="pass --out with a writable folder")
+    for scratch in ("runs", "figures", "quick", "full", "logs"):  # every timing from a fresh start
+        shutil.rmtree(out / scratch, ignore_errors=True)
+    env = dict(os.environ, CIFARLIB_RUNS=str(out / "runs"), CIFARLIB_FIGURES=str(out / "figures"), PYTHONUNBUFFERED="1")
+    env.update({k: str(Path(v).resolve()) for k, v in given.items() if v})
+    if missing:
+        made = stand_in_data(out / "stand-in-data")
+        env.update({k: made[k] for k in missing})
+        data_note = (f"stand-in data for {' and '.join(missing)} (timings show the path runs, not what a real "
+                     "build costs)")
     else:
-        made = stand_in_data(Path(out) / "stand-in-data")
-        env.update({k: str(Path(v).resolve()) if v else made[k] for k, v in given.items()})
-        data_note = ("stand-in data sets for " + " and ".join(k for k, v in given.items() if not v)
-                     + " (timings show the path runs, not what a real build costs)")
+        data_note = ", ".join(f"{k}={env.get(k, 'default location')}" for k in given)
     pretrained = _weights_at_hand()
     facts = device_facts(args.device)
     print(f"gpu-check on {facts.get('gpu', args.device)}; {data_note}; "
@@ -167,6 +175,15 @@ def cli(argv: list[str]) -> int:
     print("\n" + text)
     atomic.write_text(out / "timings.json", json.dumps({"facts": facts, "data": data_note, "steps": rows}, indent=1))
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def _downloaded(env: str) -> bool:
+    """Whether the data set of ``env`` is at its default location (downloaded there earlier)."""
+    from cifarlib.data import sources
+
+    name = "cifar10" if env == paths.ENV_DATA else "mnist"
+    root = sources.default_root(name)
+    return root.is_dir() and any(root.iterdir())
 
 
 def _weights_at_hand() -> bool:

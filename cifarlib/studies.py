@@ -61,7 +61,7 @@ def task2_records(profile: str = "full", seed: int = 0, seeds: int = 3, epochs: 
     :func:`cifarlib.experiments.notebook_config` (None: the experiment's own). ``also``: more configs
     to train in the same sweep (the ablation's, read back later), so that the workers stay busy while
     the long runs train instead of waiting for the last of them. With ``train=False`` nothing is
-    trained: a model without all its finished runs is left out."""
+    trained (``also`` is ignored): a model without all its finished runs is left out."""
     n = 1 if profile == "quick" else seeds
     configs = {label: sweep.seeded(experiments.notebook_config(name, profile, epochs=epochs, device=device), n, seed)
                for label, name in improved.MODELS.items()}

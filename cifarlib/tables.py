@@ -86,8 +86,8 @@ def signed(value: float, fmt: str = "+.2f") -> str:
 
 
 def interval(low: float, high: float, fmt: str = "+.2f") -> str:
-    """A confidence interval as a reader writes it, "−0.18 to +1.13": a true minus sign, and no
-    sign on a bound that rounds to zero; "–" when a bound is missing (NaN)."""
+    """A confidence interval as a reader writes it, "−0.18 to +1.13": a true minus sign, and "+0.00"
+    (never "−0.00") for a bound that rounds to zero; "–" when a bound is missing (NaN)."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return "–"
     return f"{signed(low, fmt)} to {signed(high, fmt)}"

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from cifarlib import cli, data, devcheck, paths
+from cifarlib import cli, data, devcheck, paths, report
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -37,15 +37,31 @@ def test_the_plan_trains_fresh_and_builds_without_imagenet_weights_when_there_ar
     assert plan["quick report"][-2:] == ["--param", "04_transfer:pretrained=False"]
     full = dict(devcheck.steps("cuda", tmp_path, full=True, pretrained=True))
     assert "--param" not in full["full report"] and full["full report"][:3] == ["report", "--profile", "full"]
+    for name in ("quick report", "full report"):  # the report command takes every option the check passes
+        args = report.parse_args({**plan, **full}[name][1:])
+        assert args.device == "cuda" and args.out.startswith(str(tmp_path))
+
+
+def test_the_full_report_is_refused_in_one_line_without_the_real_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(devcheck, "_downloaded", lambda env: False)
+    monkeypatch.setenv(paths.ENV_DATA, str(tmp_path))
+    monkeypatch.delenv(paths.ENV_MNIST, raising=False)
+    assert cli.main(["gpu-check", "--device", "cpu", "--full", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and paths.ENV_MNIST in err and "--mnist-root" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_every_step_runs_is_timed_and_a_failed_one_does_not_hide_the_others(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(devcheck, "steps", lambda device, out, full, pretrained: [
         ("list", ["experiments"]), ("broken", ["run", "no_such_experiment"]), ("list again", ["experiments"])])
     monkeypatch.setattr(devcheck, "_weights_at_hand", lambda: False)
+    monkeypatch.setattr(devcheck, "_downloaded", lambda env: False)
     for env in (paths.ENV_DATA, paths.ENV_MNIST):
         monkeypatch.delenv(env, raising=False)
+    (tmp_path / "runs" / "improved_b-0123456789").mkdir(parents=True)  # a finished run of an earlier check
     assert cli.main(["gpu-check", "--device", "cpu", "--out", str(tmp_path)]) == 1
+    assert not (tmp_path / "runs").exists()  # emptied: every timing starts from scratch
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "timings.json").read_text())
     assert [(r["step"], r["status"]) for r in saved["steps"]] == [("list", "ok"), ("broken", "failed (2)"),

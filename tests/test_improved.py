@@ -273,6 +273,37 @@ def test_the_discussion_says_which_intervals_are_too_wide_and_what_would_narrow_
     text = ablation.discussion(ablation.paired_effects(result), ablation.reference_accuracy(result), {"c": "gamma"})
     assert "The verdict on gamma holds all the same: its interval excludes zero." in text
     assert "within ±1 point" not in ablation.discussion(table[table["change"] == "a"], ref)  # nothing too wide
+    alone = ablation.discussion(table[table["change"] == "c"], ref, {"c": "gamma"})
+    assert "The interval of gamma (±7.45 points; the runs without it end between 78.0 and 83.0 %; ±1 point would " \
+           "take about 38 seeds) is wider than ±1 point." in alone
+    one = ablation.discussion(table[table["change"].isin(["a", "c"])], ref, {"c": "gamma"})
+    assert "One of the two intervals is within ±1 point. Wider is that of gamma" in one
+    wide_b = table.assign(**{"ci low": table["ci low"] - 2 * (table["change"] == "b")})  # b's interval ±1.25
+    none = ablation.discussion(wide_b[wide_b["change"].isin(["b", "c"])], ref, {"b": "beta", "c": "gamma"})
+    assert "None of the two intervals is within ±1 point. Wider are those of gamma (±7.45 points;" in none
+    assert "and beta (±1.25 points;" in none
+    with pytest.raises(CifarlibError, match="positive"):
+        ablation.discussion(table, ref, precision=0)
+    with pytest.raises(CifarlibError, match="positive"):
+        ablation.seeds_needed(2.0, 5, target=0)
+
+
+def test_an_interval_that_prints_as_one_point_is_not_called_wider():
+    table = ablation.paired_effects(_result())
+    just = table.assign(**{"ci low": table["contribution (val, points)"] - 1.004,
+                           "ci high": table["contribution (val, points)"] + 1.004})
+    assert "within ±1 point" not in ablation.discussion(just[just["change"] == "a"], ablation.reference_accuracy(_result()))
+
+
+def test_a_variant_whose_run_diverged_is_named_as_such_not_as_a_single_seed():
+    result = _result()
+    result.variants["c"][1] = {"final_val_acc": None, "final_test_acc": None, "seed": 1}
+    table = ablation.paired_effects(result)
+    row = table.set_index("change").loc["c"]
+    assert row["runs"] == 3 and math.isnan(row["contribution (val, points)"]) and math.isnan(row["val acc without, lowest (%)"])
+    text = ablation.discussion(table[table["change"] != "d"], ablation.reference_accuracy(result), {"c": "gamma"})
+    assert "Without gamma at least one run ended without a validation accuracy (its loss diverged)" in text
+    assert "gamma ran with one seed" not in text.lower()
 
 
 def test_several_hurting_ingredients_are_each_said_to_hurt_on_their_own():
