@@ -303,7 +303,7 @@ def test_bench_sweep_times_serial_and_local_side_by_side(capsys, monkeypatch):
     assert out[-1].startswith("local executor speedup over serial: ") and float(out[-1].split()[-1][:-1]) > 0
 
 
-def test_bench_load_prints_each_setting_idle_and_beside_a_competing_process(capsys, monkeypatch):
+def test_bench_load_prints_each_setting_idle_and_beside_a_competing_process(capsys, monkeypatch, idle_machine):
     import os
 
     monkeypatch.delenv("CIFARLIB_DATA", raising=False)
@@ -476,7 +476,7 @@ def test_training_on_a_single_class_is_refused(splits):
 
 # ---- threads on a shared CPU (issue 16) ----------------------------------------------------------
 
-def test_other_processes_busy_cores_are_measured_without_our_own():
+def test_other_processes_busy_cores_are_measured_without_our_own(idle_machine):
     import subprocess
     import sys
     import time as clock
