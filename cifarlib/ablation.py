@@ -38,8 +38,12 @@ def paired_configs(changes: Sequence[Change], reference: str = "loo_reference", 
     ``seed`` .. ``seed + seeds - 1``, in that order. A caller may put them into a larger sweep (Task 2
     trains them beside Models A and B, so that two workers stay busy to the end); :func:`run_paired`
     then reads them back."""
-    names = [reference] + [f"{prefix}_{c.name}" for c in changes]
-    return [cfg for name in names for cfg in sweep.seeded(experiments.notebook_config(name, profile, **knobs), seeds, seed)]
+    return [cfg for name in _names(changes, reference, prefix)
+            for cfg in sweep.seeded(experiments.notebook_config(name, profile, **knobs), seeds, seed)]
+
+
+def _names(changes: Sequence[Change], reference: str, prefix: str) -> list[str]:
+    return [reference] + [f"{prefix}_{c.name}" for c in changes]
 
 
 def run_paired(changes: Sequence[Change], reference: str = "loo_reference", prefix: str = "loo",
@@ -50,8 +54,7 @@ def run_paired(changes: Sequence[Change], reference: str = "loo_reference", pref
     experiment's own, see :func:`cifarlib.experiments.notebook_config`) apply to every run alike."""
     configs = paired_configs(changes, reference, prefix, profile, seeds, seed, **knobs)
     records = sweep.run_many(configs, data_root=data_root, runs_dir=runs_dir, executor=executor)
-    names = [reference] + [f"{prefix}_{c.name}" for c in changes]
-    per = {name: records[i * seeds:(i + 1) * seeds] for i, name in enumerate(names)}
+    per = {name: records[i * seeds:(i + 1) * seeds] for i, name in enumerate(_names(changes, reference, prefix))}
     return AblationResult(per[reference], {c.name: per[f"{prefix}_{c.name}"] for c in changes}, list(changes))
 
 
@@ -181,14 +184,11 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
     def name(change):
         return labels.get(change, change.replace("_", " "))
 
-    def pts(value):
-        return tables.signed(value)
-
     def interval(row):
         return f"95 % CI {tables.interval(row['ci low'], row['ci high'])} points"
 
     def ci(row):
-        return f"{pts(row['contribution (val, points)'])} points, {interval(row)}"
+        return f"{tables.signed(row['contribution (val, points)'])} points, {interval(row)}"
 
     rows = {r["change"]: r for _, r in table.sort_values("contribution (val, points)", ascending=False).iterrows()}
     measured = {c: r for c, r in rows.items() if not math.isnan(r["ci low"])}
@@ -232,13 +232,13 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
         parts.append(f"For an ingredient without any effect, a 95 % interval still excludes zero in one case in twenty; "
                      f"among these {_say(len(measured))} intervals, a verdict whose interval ends close to zero is the least "
                      "certain.")
-    half = {c: round((r["ci high"] - r["ci low"]) / 2, 2) for c, r in measured.items()}  # as printed
-    wide = {c: r for c, r in measured.items() if half[c] > precision}
+    half = {c: (r["ci high"] - r["ci low"]) / 2 for c, r in measured.items()}
+    wide = {c: r for c, r in measured.items() if round(half[c], 2) > precision}  # wider as printed
     if wide:
         unit = f"±{precision:g} point{'s' if precision != 1 else ''}"
         each = [f"{name(c)} (±{half[c]:.2f} points; the runs without it end between "
                 f"{r['val acc without, lowest (%)']:.1f} and {r['val acc without, highest (%)']:.1f} %; {unit} would "
-                f"take about {seeds_needed((r['ci high'] - r['ci low']) / 2, int(r['runs']), precision)} seeds)"
+                f"take about {seeds_needed(half[c], int(r['runs']), precision)} seeds)"
                 for c, r in wide.items()]
         within = len(measured) - len(wide)
         if len(measured) == 1:
@@ -255,7 +255,7 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
                         f"{'its interval excludes' if len(settled) == 1 else 'each of these intervals excludes'} zero."
                         if settled else ""))
     reasons = {**{c: why[c] for c in helps if c in why}, **{c: why_hurts[c] for c in hurts if c in why_hurts}}
-    bullets = [f"- **{_upper(name(c))}** ({pts(rows[c]['contribution (val, points)'])} points): {reasons[c]}"
+    bullets = [f"- **{_upper(name(c))}** ({tables.signed(rows[c]['contribution (val, points)'])} points): {reasons[c]}"
                for c in helps + hurts if c in reasons]
     return "\n\n".join(p for p in (" ".join(parts), "\n".join(bullets)) if p)
 

@@ -103,19 +103,26 @@ def reference(make_model, splits: data.Splits, device, steps: int, batch_size: i
     return {"train_ips": steps * batch_size / train_s, "eval_ips": len(splits.val) / eval_s, "precision": "fp32"}
 
 
-def cifarlib_pipeline(make_model, splits: data.Splits, device, steps: int, batch_size: int,
-                      precision: str = "auto") -> dict:
+def _cifarlib_trainer(make_model, splits: data.Splits, device, batch_size: int, precision: str = "auto"):
+    """cifarlib's training step as ``fit`` runs it (``data.Loader`` on the device, ``train_step`` with the
+    precision ``auto`` picks, channels_last): (step(x, y), endless training batches, model, config, precision)."""
     cfg = TrainConfig(batch_size=batch_size, precision=precision, channels_last=True)
     precision = resolve_precision(cfg.precision, device)
     model = make_model().to(device, memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    common = dict(mean=splits.mean, std=splits.std, device=device, channels_last=True)
-    train_loader = data.Loader(splits.train, batch_size, shuffle=True, seed=0, **common)
+    batches = _endless(data.Loader(splits.train, batch_size, shuffle=True, seed=0, mean=splits.mean, std=splits.std,
+                                   device=device, channels_last=True))
     model.train()
-    train_s = _time_steps(lambda x, y: train_step(model, opt, scaler, x, y, cfg, precision),
-                          _endless(train_loader), steps, device)
-    val_loader = data.Loader(splits.val, cfg.eval_batch_size, **common)
+    return (lambda x, y: train_step(model, opt, scaler, x, y, cfg, precision)), batches, model, cfg, precision
+
+
+def cifarlib_pipeline(make_model, splits: data.Splits, device, steps: int, batch_size: int,
+                      precision: str = "auto") -> dict:
+    step, batches, model, cfg, precision = _cifarlib_trainer(make_model, splits, device, batch_size, precision)
+    train_s = _time_steps(step, batches, steps, device)
+    val_loader = data.Loader(splits.val, cfg.eval_batch_size, mean=splits.mean, std=splits.std, device=device,
+                             channels_last=True)
     evaluate(model, islice(val_loader, 1), device, precision=precision)  # warm-up
     start = time.perf_counter()
     evaluate(model, val_loader, device, precision=precision)
@@ -255,8 +262,7 @@ def profile_step(make_model, splits: data.Splits, device, steps: int, batch_size
 
     from cifarlib import evaluation
 
-    model = make_model()
-    flop = 6 * evaluation.forward_macs(model, (1, *splits.train.images.shape[1:]))
+    flop = 6 * evaluation.forward_macs(make_model(), (1, *splits.train.images.shape[1:]))
     result = cifarlib_pipeline(make_model, splits, device, steps, batch_size)
     rate = flop * result["train_ips"]
     print(f"\nTable-1 CNN, batch {batch_size}, {result['precision']}, channels_last, {torch.get_num_threads()} threads: "
@@ -265,23 +271,15 @@ def profile_step(make_model, splits: data.Splits, device, steps: int, batch_size
         peak = matmul_rate(dtype, device)
         print(f"  {str(dtype).removeprefix('torch.')} 1024x1024 matrix product: {peak / 1e9:,.1f} GFLOP/s "
               f"(the step reaches {rate / peak:.0%} of it)")
-    cfg = TrainConfig(batch_size=batch_size, precision="auto", channels_last=True)
-    precision = resolve_precision(cfg.precision, device)
-    model = make_model().to(device, memory_format=torch.channels_last)
-    opt = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loader = _endless(data.Loader(splits.train, batch_size, shuffle=True, seed=0, mean=splits.mean, std=splits.std,
-                                  device=device, channels_last=True))
-    model.train()
-    _time_steps(lambda x, y: train_step(model, opt, scaler, x, y, cfg, precision), loader, WARMUP_STEPS, device)
-    loader = _endless(data.Loader(splits.train, batch_size, shuffle=True, seed=1, mean=splits.mean, std=splits.std,
-                                  device=device, channels_last=True))
+    step, batches, *_ = _cifarlib_trainer(make_model, splits, device, batch_size)
+    for x, y in islice(batches, WARMUP_STEPS):
+        step(x, y)
     gpu = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
-        for x, y in islice(loader, steps):
-            train_step(model, opt, scaler, x, y, cfg, precision)
+        for x, y in islice(batches, steps):
+            step(x, y)
         _sync(device)
-    loader.close()
+    batches.close()
 
     def spent(event) -> float:  # self time in µs: on the GPU where the kernels run, else on the CPU
         if gpu:

@@ -80,7 +80,9 @@ def device_facts(device: str) -> dict:
         facts.update(gpu=props.name, gpus=torch.cuda.device_count(),
                      memory_gib=round(props.total_memory / 2 ** 30, 1), capability=f"{props.major}.{props.minor}")
     else:
-        facts.update(cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        from cifarlib import sweep
+
+        facts.update(cpus=sweep.cpu_count())
     return facts
 
 

@@ -32,3 +32,8 @@ def commit_label(commit: str | None, dirty: bool | None) -> str:
     if not commit:
         return "not a git checkout"
     return commit[:10] + (" (modified)" if dirty else "")
+
+
+def commit_mark(commit: str | None, dirty: bool | None) -> str:
+    """The compact form for a table column: ``0123456789``, ``0123456789*`` (uncommitted changes), "–"."""
+    return f"{commit[:10]}{'*' if dirty else ''}" if commit else "–"

@@ -711,8 +711,7 @@ def _as_dict(obj) -> dict:
 def run_row(rec) -> list:
     config, env, metrics = _as_dict(rec.config), _as_dict(rec.env), _as_dict(rec.metrics)
     name, _, digest = Path(rec.dir).name.rpartition("-")
-    commit = env.get("git_commit")  # short, so that the column stays one line wide in print
-    commit = f"{commit[:10]}{'*' if env.get('git_dirty') else ''}" if commit else "–"
+    commit = provenance.commit_mark(env.get("git_commit"), env.get("git_dirty"))  # one line wide in print
     wall = env.get("wall_s", metrics.get("wall_s"))
     return [f"`{name or config.get('name', '?')}`", f"`{digest}`", config.get("seed", "?"), commit,
             env.get("torch", "?"), env.get("device", metrics.get("device", "?")),
