@@ -283,20 +283,17 @@ def comparison_table(records: Mapping[str, object], label: str = "run", losses: 
 
 
 def target_table(records: dict, targets: dict, assignment: float) -> pd.DataFrame:
-    """Per model (label -> run records): mean test accuracy and wall time over its runs against
-    ``targets`` (label -> {"test_acc": fraction, "wall_s": seconds}; a missing entry: no target) and
-    the assignment's accuracy ``assignment`` (a fraction)."""
+    """Per model (label -> run records): mean test accuracy over its runs against ``targets``
+    (label -> {"test_acc": fraction}; a missing entry: no target) and the assignment's accuracy
+    ``assignment`` (a fraction)."""
     rows = []
     for label, recs in records.items():
         acc = sum(r.metrics["final_test_acc"] for r in recs) / len(recs)  # a fraction, as the targets are
-        wall = sum(r.metrics["wall_s"] for r in recs) / len(recs)
         goal = targets.get(label, {})
         rows.append({"model": label, "runs": len(recs), "mean test acc %": round(100 * acc, 2),
                      f"assignment ({100 * assignment:g}%)": _verdict(acc >= assignment),
                      "target test acc %": _pct(goal.get("test_acc")),
-                     "met": _verdict(acc >= goal["test_acc"]) if "test_acc" in goal else "-",
-                     "mean wall s": round(wall), "target wall s": goal.get("wall_s", "-"),
-                     "wall met": _verdict(wall <= goal["wall_s"]) if "wall_s" in goal else "-"})
+                     "met": _verdict(acc >= goal["test_acc"]) if "test_acc" in goal else "-"})
     return pd.DataFrame(rows)
 
 

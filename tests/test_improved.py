@@ -463,9 +463,9 @@ def test_target_table_holds_the_seed_means_to_each_models_targets():
     table = target_table({"Model A": recs((0.86, 250.0), (0.85, 370.0)), "Model B": recs((0.901, 1200.0), (0.897, 1.0)),
                           "other": recs((0.70, 5.0),)}, TARGETS, ASSIGNMENT_TEST_ACC).set_index("model")
     assert table.loc["Model A", "mean test acc %"] == 85.5 and table.loc["Model A", "met"] == "yes"
-    assert table.loc["Model A", "mean wall s"] == 310 and table.loc["Model A", "wall met"] == "NO"  # 310 s > 300 s
+    assert not any("wall" in column for column in table.columns)  # time: the cost table, beside its hardware
     assert table.loc["Model B", "mean test acc %"] == 89.9 and table.loc["Model B", "met"] == "NO"
-    assert table.loc["Model B", "wall met"] == "-" and table.loc["Model B", "assignment (75%)"] == "yes"
+    assert table.loc["Model B", "assignment (75%)"] == "yes"
     assert table.loc["other", "assignment (75%)"] == "NO" and table.loc["other", "target test acc %"] == "-"
     assert list(table["runs"]) == [2, 2, 1]
 

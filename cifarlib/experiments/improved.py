@@ -117,9 +117,10 @@ TABLE_KEYS = ["model", "model_kw", "epochs", "batch_size", "optimizer", "lr", "m
               "channels_last"]
 
 
-# What each model must reach: mean test accuracy over its seeds (the assignment asks for 0.75) and, for
-# Model A, mean wall time per run on the 2-core development CPU. They describe the full profile.
-TARGETS = {"Model A": {"test_acc": 0.85, "wall_s": 300.0}, "Model B": {"test_acc": 0.90}}
+# What each model must reach: mean test accuracy over its seeds (the assignment asks for 0.75), in the
+# full profile. Training time is reported beside the hardware it ran on (evaluation.cost_table), not held
+# to a target: a time goal means nothing without the machine, the threads and what else ran beside it.
+TARGETS = {"Model A": {"test_acc": 0.85}, "Model B": {"test_acc": 0.90}}
 ASSIGNMENT_TEST_ACC = 0.75
 
 
