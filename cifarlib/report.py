@@ -574,11 +574,14 @@ def failure_box(part: Part) -> list:
 
 CITATION = re.compile(r"@(fig|tab):([\w-]+)")
 KINDS = {"fig": "Figure", "tab": "Table"}
+# Spaces a line must not break at: between a number and its %, around ± (pandoc writes U+00A0 as ~).
+UNBREAKABLE = re.compile(r"(?<=\d) (?=%|±)|(?<=±) (?=\d)")
 
 
 def number_floats(cells: list) -> list[str]:
     """Number every figure and table of the report in order and give it its caption, then replace
-    each citation ``@fig:<label>`` / ``@tab:<label>`` in the text by ``Figure N`` / ``Table N``.
+    each citation ``@fig:<label>`` / ``@tab:<label>`` in the text by ``Figure N`` / ``Table N``, with
+    a space no line breaks at (also between a number and its ``%`` or ``±``).
 
     A figure's or table's caption and label come from the metadata that ``plots.show`` and
     ``tables.show`` attach to the output (a figure without it falls back to the cell's ``caption``
@@ -608,14 +611,17 @@ def number_floats(cells: list) -> list[str]:
         key = (found[1], found[2])
         if key not in labels:
             unresolved.append(found[0])
-        return labels.get(key, f"{KINDS[found[1]]} ?")
+        return labels.get(key, f"{KINDS[found[1]]} ?").replace(" ", "\u00a0")
+
+    def text(markdown: str) -> str:
+        return UNBREAKABLE.sub("\u00a0", CITATION.sub(cite, markdown))
 
     for cell in cells:
         if cell.cell_type == "markdown":
-            cell.source = CITATION.sub(cite, cell.source)
+            cell.source = text(cell.source)
         for output in cell.get("outputs", []):
             if "text/markdown" in output.get("data", {}):
-                output.data["text/markdown"] = CITATION.sub(cite, output.data["text/markdown"])
+                output.data["text/markdown"] = text(output.data["text/markdown"])
     return unresolved
 
 
@@ -850,7 +856,7 @@ def _column_widths(lines: list[str]) -> list[tuple[int, int, int]]:
             word = max(map(len, text.split()), default=0)
             wraps = i < head_end or len(text) > WRAP_CHARS
             columns += [[] for _ in range(k + 1 - len(columns))]
-            short = len(text) <= SHORT_CHARS  # a name like "Model A" or "LeNet-5" never breaks
+            short = i > head_end and len(text) <= SHORT_CHARS  # a name like "Model A" never breaks; a header may
             least = len(text) + 2 if short else word  # capitals are wider than the average character
             columns[k].append((len(text), word if wraps and not short else least, least))
     return [tuple(max(c[j] for c in col) for j in range(3)) for col in columns]

@@ -227,15 +227,30 @@ def hardware(device: str, precision: str | None = None, threads=None) -> str:
     return ", ".join(parts + ([VALUE_NAMES.get(precision, precision)] if precision else []))
 
 
-def setting_name(key: str) -> str:
+LR_NAMES = {"onecycle": "learning rate (peak)", "none": "learning rate"}  # other schedules: the initial rate
+
+
+def setting_name(key: str, config: Mapping | None = None) -> str:
+    """A setting's name for a reader; the learning rate's says what the number is under the run's schedule."""
+    if key == "lr" and config is not None:
+        return LR_NAMES.get(config.get("scheduler", "none"), "learning rate (initial)")
     return SETTING_NAMES.get(key, key.replace("_", " "))
 
 
-def config_table(config: Mapping, keys: Iterable[str] | None = None) -> pd.DataFrame:
+def as_run(record) -> dict:
+    """A run record's config as a dict, with the device and precision the run actually used (the
+    config may say "auto")."""
+    return {**record.config.to_dict(), **{k: record.metrics[k] for k in ("device", "precision") if k in record.metrics}}
+
+
+def config_table(config, keys: Iterable[str] | None = None) -> pd.DataFrame:
     """Two columns, setting and value, for the hyperparameters a reader needs to replicate a run,
-    each named as a reader would name it."""
+    each named as a reader would name it. ``config``: a mapping, or a run record (then the device and
+    precision are the ones it ran with, :func:`as_run`)."""
+    config = as_run(config) if hasattr(config, "metrics") else config
     keys = list(keys) if keys is not None else list(config)
-    return pd.DataFrame({"setting": [setting_name(k) for k in keys], "value": [_fmt_value(config[k]) for k in keys]})
+    return pd.DataFrame({"setting": [setting_name(k, config) for k in keys],
+                         "value": [_fmt_value(config[k]) for k in keys]})
 
 
 def _fmt_value(v) -> str:
@@ -264,12 +279,12 @@ def comparison_table(records: Mapping[str, object], label: str = "run", losses: 
     rows = []
     for name, item in records.items():
         m = item.metrics
-        row = {label: name, "status": run_status(item), "params": f"{m.get('params', 0):,}"}
+        row = {label: name, "status": run_status(item), "parameters": f"{m.get('params', 0):,}"}
         if losses:
             for split in ("train", "test"):
                 value = m.get(f"final_{split}_loss", math.nan)
                 ok = run_status(item) != DIVERGED and value is not None and math.isfinite(value)
-                row[f"{split} loss"] = f"{value:.4g}" if ok else (DIVERGED if run_status(item) == DIVERGED else "–")
+                row[f"{split} loss"] = f"{value:.4f}" if ok else (DIVERGED if run_status(item) == DIVERGED else "–")
         row.update({"train acc (%)": accuracy_cell(item, "train"), "test acc (%)": accuracy_cell(item, "test"),
                     "time (s)": f"{m.get('wall_s', math.nan):.0f}", "device": m.get("device", "?")})
         rows.append(row)

@@ -271,13 +271,13 @@ def size_answers() -> pd.DataFrame:
     pooled = pooled_size(508, 2, 2)
     nxt = output_size(pooled, 3)
     rows = [
-        ("(c)", "padding that keeps the size, 7x7 kernel, stride 1", "P = (F - 1) / 2", p,
+        ("(c)", "padding that keeps the size, 7x7 kernel, stride 1", r"$P = (F-1)/2$", p,
          f"32 -> {_torch_side(nn.Conv2d(1, 1, 7, padding=p), 32)}"),
-        ("(d)", "kernel size for 512 -> 508, stride 1, no padding", "F = W + 2P - S(W_out - 1)", k,
+        ("(d)", "kernel size for 512 -> 508, stride 1, no padding", r"$F = W_\mathrm{in}+2P-S\,(W_\mathrm{out}-1)$", k,
          f"512 -> {_torch_side(nn.Conv2d(1, 1, k), 512)}"),
-        ("(e)", "side after 2x2 max-pooling, stride 2", "(W - F) / S + 1", pooled,
+        ("(e)", "side after 2x2 max-pooling, stride 2", r"$\lfloor (W_\mathrm{in}-F)/S \rfloor+1$", pooled,
          f"508 -> {_torch_side(nn.MaxPool2d(2, 2), 508)}"),
-        ("(f)", "side after the next 3x3 conv, stride 1, no padding", "(W - F + 2P) / S + 1", nxt,
+        ("(f)", "side after the next 3x3 conv, stride 1, no padding", r"$\lfloor (W_\mathrm{in}-F+2P)/S \rfloor+1$", nxt,
          f"{pooled} -> {_torch_side(nn.Conv2d(1, 1, 3), pooled)}"),
     ]
     return pd.DataFrame(rows, columns=["item", "question", "formula", "answer", "PyTorch layer"])
@@ -347,11 +347,11 @@ def published_count_errors(printed: dict[str, int] | None = None, in_channels: i
     correct = int(table1_param_table("correct", in_channels, widths=widths)["parameters"].sum())
     pairs = list(zip((in_channels, *widths[:-1]), widths))  # (C_in, C_out) of each conv layer
     why = {
-        "no conv bias": "the conv biases (one per filter) are left out: "
-                        + " + ".join(str(co) for _, co in pairs) + f" = {sum(widths)} too few",
-        "bias per input channel": "each filter gets a bias per input channel, (C_in - 1)·C_out extra: "
-                                  + " + ".join(f"{ci - 1}·{co}" for ci, co in pairs)
-                                  + f" = {sum((ci - 1) * co for ci, co in pairs)} too many",
+        "no conv bias": "the convolution biases (one per filter) are left out: "
+                        + " + ".join(str(co) for _, co in pairs) + f" = {sum(widths):,} too few",
+        "bias per input channel": "each filter gets a bias per input channel, (input channels − 1) · filters "
+                                  "extra per layer: " + " + ".join(f"{ci - 1} · {co}" for ci, co in pairs)
+                                  + f" = {sum((ci - 1) * co for ci, co in pairs):,} too many",
     }
     rows = []
     for rule, claimed in printed.items():

@@ -119,7 +119,7 @@ def test_run_group_trains_once_then_reads_the_records(tmp_path):
     again = studies.run_group(group, **knobs)["small net"]
     assert (first.cached, again.cached) == (False, True) and again.dir == first.dir
     assert again.status == "finished" and len(again.history) == 3  # quick: 3 full batches of 128 of the 450 digits, an evaluation after each
-    assert tables.comparison_table({"small net": again}).loc[0, "params"] == f"{first.metrics['params']:,}"
+    assert tables.comparison_table({"small net": again}).loc[0, "parameters"] == f"{first.metrics['params']:,}"
 
 
 def test_an_empty_seed_list_is_refused_before_anything_trains(tmp_path):
@@ -239,9 +239,9 @@ def test_comparison_table_hides_constant_columns():
     runs = {"cross-entropy": _record([0.9], 0.97, train_loss=0.2303),
             "L2": _record([0.3], 0.30, loss="mse", train_loss=0.0855)}
     table = tables.comparison_table(runs, label="loss", losses=True)
-    assert list(table.columns) == ["loss", "params", "train loss", "test loss", "train acc (%)", "test acc (%)",
+    assert list(table.columns) == ["loss", "parameters", "train loss", "test loss", "train acc (%)", "test acc (%)",
                                    "time (s, CPU)"]
-    assert table.loc[1, "train loss"] == "0.0855"
+    assert table.loc[1, "train loss"] == "0.0855" and table.loc[0, "train loss"] == "0.2303"  # 4 decimals: L2 losses are small
 
 
 @pytest.mark.parametrize("x", ["epoch", "examples_seen"])

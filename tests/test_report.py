@@ -322,6 +322,19 @@ def test_pdf_has_sections_figures_and_failure_box(failed_build):
     assert pdf_figures(failed_build.out / "report.pdf") >= 2
 
 
+@pytest.mark.skipif(not HAVE_TEX, reason=NO_TEX)
+def test_greek_letters_typed_as_text_reach_the_pdf(tmp_path):
+    """Latin Modern's text font has no Greek: without the template's mapping to math symbols, xelatex
+    drops γ and β from prose and table cells with only a line in its log."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("Prose: the scale γ and the shift β."),
+                nbformat.v4.new_code_cell("", outputs=[nbformat.v4.new_output(
+                    "display_data", data={"text/markdown": "| step | value |\n|---|---|\n| y = γ·x + β | 1 |"})])]
+    report.export_pdf(nb, tmp_path / "greek.pdf", tmp_path)
+    text = pdf_text(tmp_path / "greek.pdf")
+    assert "scale γ and the shift β" in text and "y = γ·x + β" in text, text
+
+
 def test_missing_tex_is_one_line_and_html_is_still_written(nb_dir, isolated, capsys, monkeypatch):
     which = shutil.which
     monkeypatch.setattr(report.shutil, "which", lambda tool: None if tool == "xelatex" else which(tool))
@@ -380,7 +393,7 @@ def test_figures_and_tables_are_numbered_apart_and_citations_resolve():
     cells = [text, code("", outputs=[_table("metrics", "Final metrics"), _figure("loss", "Loss per epoch")]),
              code("", outputs=[_figure("acc", "Accuracy per epoch")])]
     assert report.number_floats(cells) == []
-    assert text.source == "Figure 1 and Figure 2 rest on Table 1."
+    assert text.source == "Figure\u00a01 and Figure\u00a02 rest on Table\u00a01."  # never split at a line end
     table = cells[1].outputs[0].data["text/markdown"]
     assert table.startswith("**Table 1:** Final metrics\n\n| a |") and "*Final metrics*" not in table
     assert [cells[1].outputs[1].metadata["figure_number"], cells[2].outputs[0].metadata["figure_number"]] == [1, 2]
@@ -391,7 +404,13 @@ def test_a_citation_of_a_missing_label_is_reported():
     cells = [nbformat.v4.new_markdown_cell("see @fig:nowhere"),
              nbformat.v4.new_code_cell("", outputs=[_figure("here", "A figure")])]
     assert report.number_floats(cells) == ["@fig:nowhere"]
-    assert cells[0].source == "see Figure ?"
+    assert cells[0].source == "see Figure\u00a0?"
+
+
+def test_a_number_stays_on_one_line_with_its_percent_sign_and_its_interval():
+    cells = [nbformat.v4.new_markdown_cell("ends at 98.18 % after 8 epochs; 85.49 ± 0.27 % over 3 seeds, 5 of 10")]
+    report.number_floats(cells)
+    assert cells[0].source == "ends at 98.18\u00a0% after 8 epochs; 85.49\u00a0±\u00a00.27\u00a0% over 3 seeds, 5 of 10"
 
 
 def test_table_title_becomes_the_pandoc_caption_so_it_stays_with_its_table():
@@ -670,6 +689,16 @@ def test_a_short_name_column_is_never_narrower_than_the_name():
     latex = report.fit_tables(longtable(header, rows))
     first = re.search(r"p\{([\d.]+)em\}", latex)
     assert first and float(first[1]) >= len("Model A") * report.CHAR_EM + 0.5
+
+
+def test_headers_wrap_before_the_type_shrinks():
+    """Task 1(b)'s one-row table: its headers are longer than its numbers; wrapped, they fit in small
+    type (they had been kept whole, which shrank the whole table to script size)."""
+    header = ["model", "train loss", "train acc (%)", "validation loss", "validation acc (%)", "test loss",
+              "test acc (%)"]
+    latex = report.fit_tables(longtable(header, [["Table-1 baseline", "0.482", "82.94", "0.823", "72.72", "0.823",
+                                                  "71.96"]]))
+    assert "\\centering\\small\n" in latex, latex.splitlines()[1]
 
 
 def test_a_failed_part_excuses_only_citations_of_its_own_figures(tmp_path):

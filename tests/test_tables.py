@@ -72,3 +72,16 @@ def test_an_interval_reads_with_true_minus_signs_and_no_negative_zero():
     assert tables.interval(-0.18, 1.126) == "\u22120.18 to +1.13"
     assert tables.interval(-0.004, 0.5) == "+0.00 to +0.50"  # not "-0.00"
     assert tables.interval(float("nan"), 1.0) == "–"
+
+
+def test_a_settings_table_names_the_learning_rate_by_its_schedule_and_shows_what_the_run_used():
+    from types import SimpleNamespace
+
+    from cifarlib.train import TrainConfig
+
+    constant = TrainConfig(name="baseline", model="baseline", lr=0.05, precision="auto", device="auto")
+    record = SimpleNamespace(config=constant, metrics={"device": "cpu", "precision": "bf16"})
+    table = tables.config_table(record, ["lr", "precision", "device"]).set_index("setting")["value"]
+    assert dict(table) == {"learning rate": "0.05", "precision": "bfloat16", "device": "cpu"}
+    for scheduler, name in [("onecycle", "learning rate (peak)"), ("step", "learning rate (initial)")]:
+        assert tables.config_table({"lr": 0.1, "scheduler": scheduler}, ["lr"])["setting"][0] == name

@@ -127,9 +127,9 @@ ASSIGNMENT_TEST_ACC = 0.75
 def replication_settings(records) -> dict:
     """Everything a reader needs to repeat a model's runs: the config keys of :data:`TABLE_KEYS`,
     the initialisation, the seeds, the data split sizes and where it ran."""
-    cfg = records[0].config
+    cfg = tables.as_run(records[0])
     m = records[0].metrics
-    return {**{k: getattr(cfg, k) for k in TABLE_KEYS},
+    return {**{k: cfg[k] for k in TABLE_KEYS},
             "initialisation": INITIALISATION.get(cfg.name, "PyTorch default"),
             "seeds": ", ".join(str(r.config.seed) for r in records),
             "steps per epoch": round(m["steps"] / m["epochs_run"]) if m.get("epochs_run") else "-",

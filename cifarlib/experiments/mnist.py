@@ -7,6 +7,7 @@ exactly one thing: the learning rate (0.1, 0.0001), the loss (softmax-then-MSE) 
 
 from __future__ import annotations
 
+from cifarlib import tables
 from cifarlib.experiments import register
 
 MAIN = dict(
@@ -54,8 +55,6 @@ NETWORK_NAMES = {"mnist_lenet": "LeNet-5-style", "mnist_small": "small (two narr
 def reader_config(record) -> dict:
     """A run's configuration as the report's settings table shows it: the network by name, and the
     device and precision the run actually used (the config may say "auto")."""
-    cfg = record.config.to_dict()
+    cfg = tables.as_run(record)
     cfg["model"] = NETWORK_NAMES.get(cfg["model"], cfg["model"])
-    for key in ("device", "precision"):
-        cfg[key] = record.metrics.get(key, cfg[key])
     return cfg
