@@ -271,13 +271,15 @@ def size_answers() -> pd.DataFrame:
     pooled = pooled_size(508, 2, 2)
     nxt = output_size(pooled, 3)
     rows = [
-        ("(c)", "padding that keeps the size, 7x7 kernel, stride 1", r"$P = (F-1)/2$", p,
+        # each formula as the question's setting makes it (no padding: P = 0), without spaces, so that
+        # its column (wrapped only at spaces) is never narrower than it
+        ("(c)", "padding that keeps the size, 7x7 kernel, stride 1", r"$P=(F-1)/2$", p,
          f"32 -> {_torch_side(nn.Conv2d(1, 1, 7, padding=p), 32)}"),
-        ("(d)", "kernel size for 512 -> 508, stride 1, no padding", r"$F = W_\mathrm{in}+2P-S\,(W_\mathrm{out}-1)$", k,
+        ("(d)", "kernel size for 512 -> 508, stride 1, no padding", r"$F=W_\mathrm{in}-S\,(W_\mathrm{out}-1)$", k,
          f"512 -> {_torch_side(nn.Conv2d(1, 1, k), 512)}"),
-        ("(e)", "side after 2x2 max-pooling, stride 2", r"$\lfloor (W_\mathrm{in}-F)/S \rfloor+1$", pooled,
+        ("(e)", "side after 2x2 max-pooling, stride 2", r"$\lfloor(W_\mathrm{in}-F)/S\rfloor+1$", pooled,
          f"508 -> {_torch_side(nn.MaxPool2d(2, 2), 508)}"),
-        ("(f)", "side after the next 3x3 conv, stride 1, no padding", r"$\lfloor (W_\mathrm{in}-F+2P)/S \rfloor+1$", nxt,
+        ("(f)", "side after the next 3x3 convolution, stride 1, no padding", r"$\lfloor(W_\mathrm{in}-F+2P)/S\rfloor+1$", nxt,
          f"{pooled} -> {_torch_side(nn.Conv2d(1, 1, 3), pooled)}"),
     ]
     return pd.DataFrame(rows, columns=["item", "question", "formula", "answer", "PyTorch layer"])
