@@ -363,12 +363,45 @@ def run_notebooks(parts: list[Part], build: Path, keep_going: bool, executor: st
         for part in parts:
             if part.error:  # the preflight found what it needs missing
                 continue
-            print(f"  {part.name:<{width}}  ", end="", flush=True)
-            execute(part, build)
+            prefix = f"  {part.name:<{width}}  "
+            print(prefix, end="", flush=True)
+            with ticking(prefix):
+                execute(part, build)
             status = "ok" if part.error is None else f"FAILED: {part.error}"
             print(f"{part.seconds:7.1f} s  {status}", flush=True)
             if part.error and not keep_going:
                 return
+
+
+@contextlib.contextmanager
+def ticking(prefix: str, stream=None, every: float = 1.0):
+    """While the block runs, show on a terminal how long it has been running, after ``prefix`` on
+    the current line (a part can train for hours); the line is left as ``prefix`` for the result.
+    Not on a log file or pipe: there the finished line is all that is written."""
+    stream = stream or sys.stdout
+    if not stream.isatty():
+        yield
+        return
+    stop, start, width = threading.Event(), time.perf_counter(), [0]
+
+    def tick() -> None:
+        while not stop.wait(every):
+            minutes, seconds = divmod(int(time.perf_counter() - start), 60)
+            text = f"running {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+            width[0] = len(text)
+            stream.write(f"\r{prefix}{text}")
+            stream.flush()
+
+    thread = threading.Thread(target=tick, name="cifarlib-clock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if width[0]:
+            stream.write(f"\r{prefix}{' ' * width[0]}\r{prefix}")
+            stream.flush()
 
 
 def preload() -> None:

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import unicodedata
 from pathlib import Path
 from types import SimpleNamespace
@@ -405,6 +406,22 @@ def test_a_citation_of_a_missing_label_is_reported():
              nbformat.v4.new_code_cell("", outputs=[_figure("here", "A figure")])]
     assert report.number_floats(cells) == ["@fig:nowhere"]
     assert cells[0].source == "see Figure\u00a0?"
+
+
+def test_a_long_part_shows_its_running_time_on_a_terminal_and_nothing_in_a_log():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen, log = Terminal(), io.StringIO()
+    for stream in (screen, log):
+        with report.ticking("  04_transfer  ", stream=stream, every=0.02):
+            time.sleep(0.15)
+    assert "\r  04_transfer  running 0:00:00" in screen.getvalue()
+    assert screen.getvalue().endswith("\r  04_transfer  ")  # the result goes right after the name
+    assert log.getvalue() == ""
 
 
 def test_a_number_stays_on_one_line_with_its_percent_sign_and_its_interval():
