@@ -382,14 +382,14 @@ def ticking(prefix: str, stream=None, every: float = 1.0):
     if not stream.isatty():
         yield
         return
-    stop, start, width = threading.Event(), time.perf_counter(), [0]
+    stop, start, shown = threading.Event(), time.perf_counter(), [False]
 
     def tick() -> None:
         while not stop.wait(every):
             minutes, seconds = divmod(int(time.perf_counter() - start), 60)
             text = f"running {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
-            width[0] = len(text)
-            stream.write(f"\r{prefix}{text}")
+            shown[0] = True
+            stream.write(f"\r\x1b[K{prefix}{text}")  # cleared first: a worker may have written on the line
             stream.flush()
 
     thread = threading.Thread(target=tick, name="cifarlib-clock", daemon=True)
@@ -399,8 +399,8 @@ def ticking(prefix: str, stream=None, every: float = 1.0):
     finally:
         stop.set()
         thread.join()
-        if width[0]:
-            stream.write(f"\r{prefix}{' ' * width[0]}\r{prefix}")
+        if shown[0]:
+            stream.write(f"\r\x1b[K{prefix}")
             stream.flush()
 
 
@@ -607,14 +607,26 @@ def failure_box(part: Part) -> list:
 
 CITATION = re.compile(r"@(fig|tab):([\w-]+)")
 KINDS = {"fig": "Figure", "tab": "Table"}
-# Spaces a line must not break at: between a number and its %, around ± (pandoc writes U+00A0 as ~).
+# Spaces a line must not break at: between a number and its %, around ± (pandoc writes U+00A0 as ~);
+# never inside math or code, whose spaces mean something else.
 UNBREAKABLE = re.compile(r"(?<=\d) (?=%|±)|(?<=±) (?=\d)")
+VERBATIM = re.compile(r"```.*?```|`[^`\n]*`|\$\$.*?\$\$|\$[^$\n]*\$", re.S)
+
+
+def bind_numbers(markdown: str) -> str:
+    """``markdown`` with a non-breaking space between a number and its ``%`` and around ``±``,
+    outside math and code."""
+    out, at = [], 0
+    for found in VERBATIM.finditer(markdown):
+        out += [UNBREAKABLE.sub("\u00a0", markdown[at:found.start()]), found[0]]
+        at = found.end()
+    return "".join(out + [UNBREAKABLE.sub("\u00a0", markdown[at:])])
 
 
 def number_floats(cells: list) -> list[str]:
     """Number every figure and table of the report in order and give it its caption, then replace
     each citation ``@fig:<label>`` / ``@tab:<label>`` in the text by ``Figure N`` / ``Table N``, with
-    a space no line breaks at (also between a number and its ``%`` or ``±``).
+    a space no line breaks at.
 
     A figure's or table's caption and label come from the metadata that ``plots.show`` and
     ``tables.show`` attach to the output (a figure without it falls back to the cell's ``caption``
@@ -646,15 +658,12 @@ def number_floats(cells: list) -> list[str]:
             unresolved.append(found[0])
         return labels.get(key, f"{KINDS[found[1]]} ?").replace(" ", "\u00a0")
 
-    def text(markdown: str) -> str:
-        return UNBREAKABLE.sub("\u00a0", CITATION.sub(cite, markdown))
-
     for cell in cells:
         if cell.cell_type == "markdown":
-            cell.source = text(cell.source)
+            cell.source = CITATION.sub(cite, cell.source)
         for output in cell.get("outputs", []):
             if "text/markdown" in output.get("data", {}):
-                output.data["text/markdown"] = text(output.data["text/markdown"])
+                output.data["text/markdown"] = CITATION.sub(cite, output.data["text/markdown"])
     return unresolved
 
 
@@ -799,6 +808,12 @@ def assemble(parts: list[Part], info: dict, runs: list, source: str):
     nb = nbformat.v4.new_notebook(metadata={"title": info["title"], "date": info["date"], "cifarlib": info})
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
     nb.cells = title_cells(info, parts) + [toc_cell(body)] + summary + body
+    for cell in summary + body:
+        if cell.cell_type == "markdown":
+            cell.source = bind_numbers(cell.source)
+        for output in cell.get("outputs", []):
+            if "text/markdown" in output.get("data", {}):
+                output.data["text/markdown"] = bind_numbers(output.data["text/markdown"])
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:04d}"  # merged cells would otherwise share ids
     return nb
@@ -879,7 +894,10 @@ def _wrapping_spec(align: str, natural: list[int], least: list[int], room: float
 def _column_widths(lines: list[str]) -> list[tuple[int, int, int]]:
     """Per column, in characters: the longest cell; the least width when headers and long cells
     wrap at spaces; the least width when every cell may wrap."""
-    head_end = next((i for i, line in enumerate(lines) if line.startswith("\\midrule")), 0)
+    # the header, written twice when the table has a caption (first page, then continuation pages)
+    head_end = next((i for i, line in enumerate(lines) if line.startswith("\\endhead")), None)
+    if head_end is None:
+        head_end = next((i for i, line in enumerate(lines) if line.startswith("\\midrule")), 0)
     columns: list[list[tuple[int, int, int]]] = []
     for i, line in enumerate(lines):
         if not line.rstrip().endswith("\\\\"):
@@ -889,7 +907,7 @@ def _column_widths(lines: list[str]) -> list[tuple[int, int, int]]:
             word = max(map(len, text.split()), default=0)
             wraps = i < head_end or len(text) > WRAP_CHARS
             columns += [[] for _ in range(k + 1 - len(columns))]
-            short = i > head_end and len(text) <= SHORT_CHARS  # a name like "Model A" never breaks; a header may
+            short = i >= head_end and len(text) <= SHORT_CHARS  # a name like "Model A" never breaks; a header may
             least = len(text) + 2 if short else word  # capitals are wider than the average character
             columns[k].append((len(text), word if wraps and not short else least, least))
     return [tuple(max(c[j] for c in col) for j in range(3)) for col in columns]

@@ -227,13 +227,13 @@ def hardware(device: str, precision: str | None = None, threads=None) -> str:
     return ", ".join(parts + ([VALUE_NAMES.get(precision, precision)] if precision else []))
 
 
-LR_NAMES = {"onecycle": "learning rate (peak)", "none": "learning rate"}  # other schedules: the initial rate
+LR_NAMES = {"none": "learning rate", "step": "learning rate (initial)"}  # schedules that warm up: the peak
 
 
 def setting_name(key: str, config: Mapping | None = None) -> str:
     """A setting's name for a reader; the learning rate's says what the number is under the run's schedule."""
     if key == "lr" and config is not None:
-        return LR_NAMES.get(config.get("scheduler", "none"), "learning rate (initial)")
+        return LR_NAMES.get(config.get("scheduler", "none"), "learning rate (peak)")
     return SETTING_NAMES.get(key, key.replace("_", " "))
 
 

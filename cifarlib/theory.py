@@ -279,7 +279,7 @@ def size_answers() -> pd.DataFrame:
          f"512 -> {_torch_side(nn.Conv2d(1, 1, k), 512)}"),
         ("(e)", "side after 2x2 max-pooling, stride 2", r"$\lfloor(W_\mathrm{in}-F)/S\rfloor+1$", pooled,
          f"508 -> {_torch_side(nn.MaxPool2d(2, 2), 508)}"),
-        ("(f)", "side after the next 3x3 convolution, stride 1, no padding", r"$\lfloor(W_\mathrm{in}-F+2P)/S\rfloor+1$", nxt,
+        ("(f)", "side after the next 3x3 convolution, stride 1, no padding", r"$\lfloor(W_\mathrm{in}-F)/S\rfloor+1$", nxt,
          f"{pooled} -> {_torch_side(nn.Conv2d(1, 1, 3), pooled)}"),
     ]
     return pd.DataFrame(rows, columns=["item", "question", "formula", "answer", "PyTorch layer"])

@@ -489,3 +489,19 @@ def test_task2_records_logged_reads_the_runs_this_build_used(tmp_path, monkeypat
         "Model A": ["improved_a-aaa"], "Model B": ["improved_b-bbb", "improved_b-ccc"]}
     monkeypatch.delenv(paths.ENV_RUN_LOG)
     assert studies.task2_records_logged() == {}
+
+
+def test_replication_settings_show_what_the_runs_used():
+    from types import SimpleNamespace
+
+    from cifarlib import experiments
+    from cifarlib.experiments import improved
+
+    cfg = experiments.notebook_config("improved_a", "full")
+    records = [SimpleNamespace(config=cfg.replace(seed=s), env={"threads": 1},
+                               metrics={"device": "cpu", "precision": "bf16", "steps": 3510, "epochs_run": 10})
+               for s in (0, 1, 2)]
+    settings = improved.replication_settings(records)
+    assert settings["precision"] == "bf16" and settings["seeds"] == "0, 1, 2" and settings["steps per epoch"] == 351
+    assert settings["initialisation"].startswith("conv and dense weights Kaiming")
+    assert settings["trained on"] == "CPU, 1 thread, bfloat16"

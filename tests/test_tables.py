@@ -83,5 +83,6 @@ def test_a_settings_table_names_the_learning_rate_by_its_schedule_and_shows_what
     record = SimpleNamespace(config=constant, metrics={"device": "cpu", "precision": "bf16"})
     table = tables.config_table(record, ["lr", "precision", "device"]).set_index("setting")["value"]
     assert dict(table) == {"learning rate": "0.05", "precision": "bfloat16", "device": "cpu"}
-    for scheduler, name in [("onecycle", "learning rate (peak)"), ("step", "learning rate (initial)")]:
+    for scheduler, name in [("onecycle", "learning rate (peak)"), ("cosine", "learning rate (peak)"),
+                            ("step", "learning rate (initial)")]:
         assert tables.config_table({"lr": 0.1, "scheduler": scheduler}, ["lr"])["setting"][0] == name

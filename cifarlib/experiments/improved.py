@@ -130,7 +130,7 @@ def replication_settings(records) -> dict:
     cfg = tables.as_run(records[0])
     m = records[0].metrics
     return {**{k: cfg[k] for k in TABLE_KEYS},
-            "initialisation": INITIALISATION.get(cfg.name, "PyTorch default"),
+            "initialisation": INITIALISATION.get(cfg["name"], "PyTorch default"),
             "seeds": ", ".join(str(r.config.seed) for r in records),
             "steps per epoch": round(m["steps"] / m["epochs_run"]) if m.get("epochs_run") else "-",
             "trained on": tables.hardware(m["device"], m["precision"], records[0].env.get("threads"))}
