@@ -505,3 +505,11 @@ def test_replication_settings_show_what_the_runs_used():
     assert settings["precision"] == "bf16" and settings["seeds"] == "0, 1, 2" and settings["steps per epoch"] == 351
     assert settings["initialisation"].startswith("conv and dense weights Kaiming")
     assert settings["trained on"] == "CPU, 1 thread, bfloat16"
+
+
+def test_the_targets_sentence_says_met_or_how_far_short():
+    from cifarlib.experiments import improved
+
+    text = improved.targets_sentence({"Model A": 85.49, "Model B": 89.59})
+    assert text == "Model A meets its 85 % target; Model B falls 0.41 points short of its 90 %."
+    assert improved.targets_sentence({"other": 70.0}) == ""

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import math
+
 from cifarlib import tables
 from cifarlib.experiments import Change, apply_change, register
 
@@ -111,7 +113,7 @@ INITIALISATION = {
                   "default), with as many filters as input channels set to identity maps; dense layer PyTorch's "
                   "default; batch-norm scale fixed at 1, shift 0 (trained)",
 }
-TABLE_KEYS = ["model", "model_kw", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
+TABLE_KEYS = ["model", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
               "norm_lr_scale", "scheduler", "warmup_epochs", "lookahead", "label_smoothing", "loss", "crop_pad",
               "crop_fill", "flip", "flip_alternate", "cutout", "tta_flip", "val_fraction", "split_seed", "precision",
               "channels_last"]
@@ -200,3 +202,17 @@ def passes_sentence(test_acc: dict, threshold: float) -> str:
     if not above:
         return f"neither reaches the assignment's {threshold:g} %."
     return f"only {above[0]} reaches the assignment's {threshold:g} %."
+
+
+def targets_sentence(test_acc: dict, targets: dict | None = None) -> str:
+    """Each model's mean test accuracy (label -> %) against our own target (:data:`TARGETS`), as one
+    sentence: met, or how many points short."""
+    targets = TARGETS if targets is None else targets
+    parts = []
+    for label, acc in test_acc.items():
+        goal = 100 * targets.get(label, {}).get("test_acc", math.nan)
+        if math.isnan(goal):
+            continue
+        parts.append(f"{label} meets its {goal:g} % target" if acc >= goal else
+                     f"{label} falls {goal - acc:.2f} points short of its {goal:g} %")
+    return (parts[0][0].upper() + "; ".join(parts)[1:] + ".") if parts else ""
