@@ -122,7 +122,7 @@ def plot_misclassified(p: Predictions, k: int = 10, ncols: int = 5, title: str |
     from cifarlib.plots import plot_image_grid
 
     idx = misclassified(p, k)
-    title = title or f"The {len(idx)} most confidently misclassified test images (of {int((p.preds != p.labels).sum())})"
+    title = title or f"The {len(idx)} most confidently misclassified test images (of {int((p.preds != p.labels).sum()):,})"
     return plot_image_grid(p.images[idx], gallery_titles(p, idx), ncols=ncols, title=title, size=1.2)
 
 

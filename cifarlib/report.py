@@ -830,7 +830,7 @@ FONTS = (("\\small", 10.0), ("\\footnotesize", 9.0), ("\\scriptsize", 8.0))  # s
 CHAR_EM = 0.5  # an average character (a digit is exactly 0.5 em)
 GAP_EM = 1.2  # the space between two columns
 WRAP_CHARS = 24  # cells longer than this may wrap at spaces first; shorter ones only as a last resort
-SHORT_CHARS = 16  # body cells this short ("Model A", "Table-1 baseline") never wrap
+SHORT_CHARS = 18  # body cells this short ("Model A", "ResNet18 transfer") never wrap
 KEEP_ROWS = 20  # a table this short is one block that never breaks across pages (no lone rows)
 BOXED_ROWS = 30  # a table too wide even when wrapped is scaled down in a box if it is this short
 

@@ -261,7 +261,7 @@ def _fmt_value(v) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(map(_fmt_value, v))
     if isinstance(v, dict):
-        return "; ".join(f"{setting_name(k)} {_fmt_value(x)}" for k, x in v.items()) or "none"
+        return "; ".join(f"{setting_name(k)}: {_fmt_value(x)}" for k, x in v.items()) or "none"
     if isinstance(v, str):
         return VALUE_NAMES.get(v, v)
     if isinstance(v, int):

@@ -721,11 +721,12 @@ def test_a_part_without_imagenet_weights_needs_none(offline_machine, capsys):
     assert err.startswith("error: CIFAR-10 is not in") and "ImageNet" not in err
 
 
-def test_a_short_name_column_is_never_narrower_than_the_name():
-    header, rows = ["model", "a long header that wraps"] + ["value"] * 9, [["Model A"] + ["0.123456789"] * 10]
+@pytest.mark.parametrize("name", ["Model A", "ResNet18 transfer"])
+def test_a_short_name_column_is_never_narrower_than_the_name(name):
+    header, rows = ["model", "a long header that wraps"] + ["value"] * 9, [[name] + ["0.123456789"] * 10]
     latex = report.fit_tables(longtable(header, rows))
     first = re.search(r"p\{([\d.]+)em\}", latex)
-    assert first and float(first[1]) >= len("Model A") * report.CHAR_EM + 0.5
+    assert first and float(first[1]) >= len(name) * report.CHAR_EM + 0.5
 
 
 def test_headers_wrap_before_the_type_shrinks():

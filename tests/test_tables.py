@@ -30,7 +30,7 @@ def test_settings_are_named_in_words_not_config_keys():
                                  "model_kw": {"widths": [64, 128]}, "grad_clip": None})
     assert table["setting"].tolist() == ["learning-rate factor of batch-norm parameters", "Nesterov momentum",
                                          "optimizer", "network", "network options", "gradient clipping"]
-    assert table["value"].tolist() == ["64", "yes", "SGD", "Model A", "filters per stage 64, 128", "none"]
+    assert table["value"].tolist() == ["64", "yes", "SGD", "Model A", "filters per stage: 64, 128", "none"]
 
 
 def test_accuracies_and_losses_have_the_same_decimals_in_every_table():
