@@ -202,7 +202,7 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
     parts = [intro]
     single = [c for c in rows if c not in measured and int(rows[c]["runs"]) < 2]
     if single:
-        parts.append(f"{_upper(_join([name(c) for c in single]))} ran with one seed, which gives no measure of the "
+        parts.append(f"{tables.upper_first(_join([name(c) for c in single]))} ran with one seed, which gives no measure of the "
                      "noise, so nothing is claimed about " + ("it." if len(single) == 1 else "them."))
     failed = [c for c in rows if c not in measured and c not in single]
     if failed:
@@ -216,7 +216,7 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
         parts.append(f"The largest estimated contribution among the ingredients shown to help is that of "
                      f"{name(helps[0])} ({ci(rows[helps[0]])}).")
         if len(helps) > 1:
-            parts.append(f"{_upper(_join([f'{name(c)} ({ci(rows[c])})' for c in helps[1:]]))} "
+            parts.append(f"{tables.upper_first(_join([f'{name(c)} ({ci(rows[c])})' for c in helps[1:]]))} "
                          f"{'helps' if len(helps) == 2 else 'help'} as well: without "
                          f"{'it' if len(helps) == 2 else 'any one of them'} the model is worse beyond the noise.")
     elif measured:
@@ -230,7 +230,7 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
                      f"{'its interval includes' if len(unclear) == 1 else 'each interval includes'} zero.")
     if len(measured) > 1 and helps + hurts:
         parts.append(f"For an ingredient without any effect, a 95 % interval still excludes zero in one case in twenty; "
-                     f"among these {_say(len(measured))} intervals, a verdict whose interval ends close to zero is the least "
+                     f"among these {tables.say_count(len(measured))} intervals, a verdict whose interval ends close to zero is the least "
                      "certain.")
     half = {c: (r["ci high"] - r["ci low"]) / 2 for c, r in measured.items()}
     wide = {c: r for c, r in measured.items() if round(half[c], 2) > precision}  # wider as printed
@@ -244,8 +244,8 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
         if len(measured) == 1:
             lead = f"The interval of {each[0]} is wider than {unit}."
         else:
-            count = "None" if within == 0 else _upper(_say(within))
-            lead = (f"{count} of the {_say(len(measured))} intervals {'is' if within <= 1 else 'are'} within {unit}. "
+            count = "None" if within == 0 else tables.upper_first(tables.say_count(within))
+            lead = (f"{count} of the {tables.say_count(len(measured))} intervals {'is' if within <= 1 else 'are'} within {unit}. "
                     f"Wider {'is that' if len(wide) == 1 else 'are those'} of {_join(each)}.")
         reference = (f" The reference's own runs end between {ref['val_min']:.1f} and {ref['val_max']:.1f} %."
                      if "val_min" in ref else "")
@@ -255,19 +255,9 @@ def discussion(table: pd.DataFrame, ref: dict, labels: Mapping[str, str] | None 
                         f"{'its interval excludes' if len(settled) == 1 else 'each of these intervals excludes'} zero."
                         if settled else ""))
     reasons = {**{c: why[c] for c in helps if c in why}, **{c: why_hurts[c] for c in hurts if c in why_hurts}}
-    bullets = [f"- **{_upper(name(c))}** ({tables.signed(rows[c]['contribution (val, points)'])} points): {reasons[c]}"
+    bullets = [f"- **{tables.upper_first(name(c))}** ({tables.signed(rows[c]['contribution (val, points)'])} points): {reasons[c]}"
                for c in helps + hurts if c in reasons]
     return "\n\n".join(p for p in (" ".join(parts), "\n".join(bullets)) if p)
-
-
-def _say(n: int) -> str:
-    """A count as a word up to twelve, in digits above."""
-    words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
-    return words[n] if 0 <= n < len(words) else str(n)
-
-
-def _upper(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 def _join(items: list[str], word: str = "and") -> str:

@@ -34,7 +34,16 @@ X_LABEL = {"epoch": "epoch", "examples_seen": "examples seen (thousands)", "step
 
 
 def _x_axis(ax, x: str) -> None:
+    """The x label, whole epochs as ticks, thousands of examples; a run of one point (one epoch) is
+    drawn in the middle of a unit-wide axis instead of one zoomed to a hair's breadth."""
     ax.set_xlabel(X_LABEL.get(x, x))
+    lo, hi = ax.dataLim.intervalx
+    if x == "epoch":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if np.isfinite(lo) and hi - lo < 1e-9:
+        ax.set_xlim(lo - 1, hi + 1)
     if x == "examples_seen":
         from matplotlib.ticker import FuncFormatter
 

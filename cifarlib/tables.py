@@ -51,6 +51,26 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", index: bool = False, in
     return typeset(frame.to_markdown(index=False, disable_numparse=True, colalign=align))
 
 
+def say_count(n: int, zero: str = "no") -> str:
+    """A count as a word up to twelve (``zero`` for 0: "no" before a noun, "none" as the subject), in
+    digits above."""
+    words = (zero, "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
+    return words[n] if 0 <= n < len(words) else f"{n:,}"
+
+
+def count_of(n: int, total: int, noun: str) -> str:
+    """How many of ``total`` things, for a sentence: "all 16 maps", "none of the 64 filters",
+    "three of the 16 maps"."""
+    if n == total:
+        return f"all {total:,} {noun}"
+    return f"none of the {total:,} {noun}" if n == 0 else f"{say_count(n)} of the {total:,} {noun}"
+
+
+def upper_first(text: str) -> str:
+    """``text`` with its first letter capitalised (the rest as it is), to start a sentence."""
+    return text[:1].upper() + text[1:]
+
+
 def headline(item: str, result: str, value: str) -> None:
     """Show one headline result (``item``: the question's label, e.g. "Task 1(b)"); the report moves
     every headline into its summary table at the front, with the section it comes from."""

@@ -170,3 +170,23 @@ def test_a_figures_folder_that_cannot_be_made_is_one_line(tmp_path):
     plt.close(fig)
     message = str(excinfo.value)
     assert "\n" not in message and str(blocker / "figures") in message and "CIFARLIB_FIGURES" in message
+
+
+def test_a_one_epoch_run_is_drawn_on_a_unit_axis_with_whole_epoch_ticks():
+    history = [{"epoch": 1.0, "step": 10, "examples_seen": 640, "train_loss": 1.5, "val_loss": 1.6, "test_loss": 1.55}]
+    fig = plots.plot_curves(history, "loss")
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo <= 0.0 and hi >= 2.0  # not 0.96 to 1.04
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    plt.close(fig)
+
+
+def test_counts_read_as_words_in_a_sentence():
+    from cifarlib import tables
+
+    assert tables.count_of(16, 16, "maps shown") == "all 16 maps shown"
+    assert tables.count_of(0, 512, "channels") == "none of the 512 channels"
+    assert tables.count_of(3, 64, "filters") == "three of the 64 filters"
+    assert tables.upper_first(tables.say_count(0, zero="none")) == "None" and tables.say_count(47) == "47"
