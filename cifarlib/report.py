@@ -830,6 +830,7 @@ FONTS = (("\\small", 10.0), ("\\footnotesize", 9.0), ("\\scriptsize", 8.0))  # s
 CHAR_EM = 0.5  # an average character (a digit is exactly 0.5 em)
 GAP_EM = 1.2  # the space between two columns
 WRAP_CHARS = 24  # cells longer than this may wrap at spaces first; shorter ones only as a last resort
+NUMERIC = re.compile(r"[\d.,+\-−±~% ]+")  # a number, a mean ± deviation, a percentage
 SHORT_CHARS = 18  # body cells this short ("Model A", "ResNet18 transfer") never wrap
 KEEP_ROWS = 20  # a table this short is one block that never breaks across pages (no lone rows)
 BOXED_ROWS = 30  # a table too wide even when wrapped is scaled down in a box if it is this short
@@ -908,7 +909,8 @@ def _column_widths(lines: list[str]) -> list[tuple[int, int, int]]:
             wraps = i < head_end or len(text) > WRAP_CHARS
             columns += [[] for _ in range(k + 1 - len(columns))]
             short = i >= head_end and len(text) <= SHORT_CHARS  # a name like "Model A" never breaks; a header may
-            least = len(text) + 2 if short else word  # capitals are wider than the average character
+            # capitals are wider than the average character; digits are exactly the average
+            least = len(text) + (0 if NUMERIC.fullmatch(text) else 2) if short else word
             columns[k].append((len(text), word if wraps and not short else least, least))
     return [tuple(max(c[j] for c in col) for j in range(3)) for col in columns]
 

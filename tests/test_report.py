@@ -729,6 +729,17 @@ def test_a_short_name_column_is_never_narrower_than_the_name(name):
     assert first and float(first[1]) >= len(name) * report.CHAR_EM + 0.5
 
 
+def test_a_table_of_means_and_deviations_is_set_in_script_size_not_scaled_below_it():
+    header = ["model", "runs", "train loss", "train acc (%)", "validation loss", "validation acc (%)", "test loss",
+              "test acc (%)"]
+    row = ["Model A", "3", "0.358~±~0.002", "92.10~±~0.23", "0.489~±~0.005", "85.91~±~0.29", "0.501~±~0.003",
+           "85.49~±~0.27"]
+    latex = report.fit_tables(longtable(header, [row, row], caption="Final metrics"))
+    assert "\\centering\\scriptsize\n" in latex and "\\begin{tabular}{@{}>" in latex
+    widths = [float(w) for w in re.findall(r"p\{([\d.]+)em\}", latex)]
+    assert (sum(widths) + report.GAP_EM * (len(widths) - 1)) * 8 <= report.TEXT_WIDTH_PT  # at 8 pt, gaps too: no scaling
+
+
 def test_headers_wrap_before_the_type_shrinks():
     """Task 1(b)'s one-row table: its headers are longer than its numbers; wrapped, they fit in small
     type (they had been kept whole, which shrank the whole table to script size)."""
