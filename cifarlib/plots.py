@@ -34,16 +34,17 @@ X_LABEL = {"epoch": "epoch", "examples_seen": "examples seen (thousands)", "step
 
 
 def _x_axis(ax, x: str) -> None:
-    """The x label, whole epochs as ticks, thousands of examples; a run of one point (one epoch) is
-    drawn in the middle of a unit-wide axis instead of one zoomed to a hair's breadth."""
+    """The x label; whole epochs as ticks over two epochs or more; thousands of examples; a run of one
+    epoch is drawn in the middle of an axis two epochs wide instead of one zoomed to a hair's breadth."""
     ax.set_xlabel(X_LABEL.get(x, x))
     lo, hi = ax.dataLim.intervalx
-    if x == "epoch":
+    single = bool(np.isfinite(lo)) and hi - lo < 1e-9
+    if x == "epoch" and (single or hi - lo >= 2):  # shorter spans: matplotlib's fractional ticks read better
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if np.isfinite(lo) and hi - lo < 1e-9:
-        ax.set_xlim(lo - 1, hi + 1)
+    if x == "epoch" and single:
+        ax.set_xlim(lo - 1, hi + 1, auto=True)  # a later run drawn on the same axes widens it again
     if x == "examples_seen":
         from matplotlib.ticker import FuncFormatter
 

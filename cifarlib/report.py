@@ -910,7 +910,8 @@ def _column_widths(lines: list[str]) -> list[tuple[int, int, int]]:
             columns += [[] for _ in range(k + 1 - len(columns))]
             short = i >= head_end and len(text) <= SHORT_CHARS  # a name like "Model A" never breaks; a header may
             # capitals are wider than the average character; digits are exactly the average
-            least = len(text) + (0 if NUMERIC.fullmatch(text) else 2) if short else word
+            least = (len(text) + sum(map(text.count, "±−+%")) if NUMERIC.fullmatch(text) else len(text) + 2) \
+                if short else word  # (those four signs are about 0.8 em, not 0.5)
             columns[k].append((len(text), word if wraps and not short else least, least))
     return [tuple(max(c[j] for c in col) for j in range(3)) for col in columns]
 

@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from cifarlib import data
+from cifarlib import data, tables
 from cifarlib.errors import CifarlibError
 from cifarlib.models.transfer import NOT_PRETRAINED, ResNet18Transfer
 
@@ -210,3 +210,72 @@ def filter_summary(weight: torch.Tensor) -> dict:
         grey += min(r) > 0.9
         opponent += min(r) < 0
     return {"filters": len(w), "grey": grey, "opponent": opponent, "side": w.shape[-1]}
+
+
+
+# ---- the discussion of Task 3(e)-(g), from those counts (any count, any profile) -----------------
+
+def _verb(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
+
+
+def first_layer_text(s: dict) -> str:
+    """Task 3(e)'s paragraph from :func:`first_layer_summary`."""
+    shown, bright, edges, inverted = s["shown"], s["brightness"], s["edges"], s["inverted"]
+    text = "Each map is one filter slid over the image, at half its resolution, so it is still a picture of the input. "
+    if bright == 0:
+        text += (f"None of the {shown} maps shown follows the image's brightness (a correlation with the grey image "
+                 "above 0.5 in size). ")
+    else:
+        flipped = "" if not inverted else ", inverted" if bright == 1 else f", {inverted} of them inverted"
+        who = f"All {shown} maps shown" if bright == shown else f"Of the {shown} maps shown, {tables.say_count(bright)}"
+        text += (f"{who} {_verb(bright, 'follows', 'follow')} the image's brightness ({_verb(bright, 'its', 'their')} "
+                 f"correlation with the grey image exceeds 0.5 in size{flipped}): {_verb(bright, 'it responds', 'they respond')} "
+                 "to brightness or colour. ")
+    if edges == 0:
+        return text + "No map shown is an edge detector (a map whose magnitude follows the brightness gradient)."
+    return text + (f"Of the rest, {tables.say_count(edges)} {_verb(edges, 'responds', 'respond')} to the image's "
+                   f"edges instead ({_verb(edges, 'its', 'their')} magnitude follows the brightness gradient): "
+                   f"{_verb(edges, 'it is an edge detector', 'they are edge detectors')} of some orientation, positive on "
+                   "one side of an outline and negative on the other.")
+
+
+def last_layer_text(s: dict) -> str:
+    """Task 3(f)'s paragraph from :func:`last_layer_summary`."""
+    silent = s["silent_channels"]
+    centred = s["centre_share"] > 1.5 * s["centre_area"]
+    return (f"Each of the {s['side']}×{s['side']} cells sees a 32×32 patch of the 256×256 input (and, through its "
+            f"receptive field, much more), so the maps no longer look like the image. After the ReLU, "
+            f"{100 * s['zero_values']:.0f} % of the values are exactly zero, and {tables.count_of(silent, s['channels'], 'channels')} "
+            f"{_verb(silent, 'is', 'are')} zero everywhere for this image: each channel lights up a few cells where the "
+            f"feature it detects is present. The 16 strongest channels put {100 * s['centre_share']:.0f} % of their "
+            f"activation into the central {100 * s['centre_area']:.0f} % of the map"
+            + (", where CIFAR-10 photographs usually hold their object" if centred else
+               ", no more than its share of the area")
+            + ". These cells are what the average pooling and the classifier turn into a class.")
+
+
+def filter_text(s: dict, pretrained: bool) -> str:
+    """Task 3(g)'s paragraph from :func:`filter_summary`, for ImageNet weights or random ones."""
+    grey, opponent, filters = s["grey"], s["opponent"], s["filters"]
+    text = ("A filter is the pattern its channel responds to most strongly; the activation of Task 3(e) is its match "
+            "with each image patch. ")
+    if grey == 0:
+        text += (f"None of the {filters} filters is nearly grey (three colour channels that correlate above 0.9)"
+                 + (". " if pretrained else ": random filters rarely are. "))
+    else:
+        who = f"All {filters} filters" if grey == filters else f"Of the {filters} filters, {tables.say_count(grey)}"
+        text += (f"{who} {_verb(grey, 'is', 'are')} nearly grey "
+                 f"({_verb(grey, 'its', 'their')} three colour channels correlate above 0.9): "
+                 f"{_verb(grey, 'it weighs', 'they weigh')} brightness only, and "
+                 + ("in ImageNet's filters these are oriented edge and bar detectors at several angles and frequencies. "
+                    if pretrained else "random filters are rarely so. "))
+    if opponent == 0:
+        text += "None of them weighs colours against each other. "
+    else:
+        text += (f"{'Of the others' if grey else 'Of them'}, {tables.say_count(opponent)} {_verb(opponent, 'weighs', 'weigh')} colours against "
+                 f"each other (two of {_verb(opponent, 'its', 'their')} channels are anti-correlated)"
+                 + (", such as green against magenta: colour-opponent edges and blobs. " if pretrained else
+                    ", as random weights do by chance. "))
+    return text + ("The first convolution is frozen, so these are ImageNet's filters, not learned from CIFAR-10."
+                   if pretrained else "These filters are noise, with no structure to interpret.")

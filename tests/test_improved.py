@@ -512,4 +512,5 @@ def test_the_targets_sentence_says_met_or_how_far_short():
 
     text = improved.targets_sentence({"Model A": 85.49, "Model B": 89.59})
     assert text == "Model A meets its 85 % target; Model B falls 0.41 points short of its 90 %."
-    assert improved.targets_sentence({"other": 70.0}) == ""
+    assert improved.targets_sentence({"other": 70.0}) == "" and improved.targets_sentence({"Model A": math.nan}) == ""
+    assert improved.targets_sentence({"Model B": 89.998}) == "Model B falls just short of its 90 % (by less than 0.01 points)."

@@ -190,3 +190,21 @@ def test_counts_read_as_words_in_a_sentence():
     assert tables.count_of(0, 512, "channels") == "none of the 512 channels"
     assert tables.count_of(3, 64, "filters") == "three of the 64 filters"
     assert tables.upper_first(tables.say_count(0, zero="none")) == "None" and tables.say_count(47) == "47"
+
+
+def test_a_later_run_on_the_same_axes_widens_it_and_short_spans_keep_fine_ticks():
+    one = [{"epoch": 1.0, "step": 10, "examples_seen": 640, "val_loss": 1.6}]
+    five = [{"epoch": float(e), "step": 10 * e, "examples_seen": 640 * e, "val_loss": 1.0 / e} for e in range(1, 6)]
+    fig = plots.plot_curves(one, "loss", splits=("val",))
+    plots.plot_curves(five, "loss", splits=("val",), ax=fig.axes[0], label_prefix="B ")
+    assert fig.axes[0].get_xlim()[1] >= 5.0  # not clipped at the first run's 0-2
+    plt.close(fig)
+    half = [{"epoch": e, "step": 1, "examples_seen": 1, "val_loss": 1.0} for e in (1.0, 1.5)]
+    fig = plots.plot_curves(half, "loss", splits=("val",))
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_xticks() if 1.0 <= t <= 1.5]
+    assert 1.0 in ticks and 1.5 in ticks  # matplotlib's own ticks (1.0, 1.1, ...), not 1.02, 1.08, ...
+    plt.close(fig)
+    fig = plots.plot_curves(one, "loss", x="examples_seen", splits=("val",))
+    assert tuple(fig.axes[0].get_xlim()) != (639.0, 641.0)  # the one-epoch widening is for epoch axes only
+    plt.close(fig)

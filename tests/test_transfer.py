@@ -6,6 +6,7 @@ resolution does not matter, at low resolution.
 
 from __future__ import annotations
 
+import re
 import urllib.error
 
 import matplotlib
@@ -329,3 +330,24 @@ def test_finished_pretrained_run_reloads_without_weights_or_internet(tmp_path, n
     assert model.pretrained
     saved = torch.load(record.dir / "model.pt", weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 16])
+def test_the_task3_discussion_reads_right_for_any_count(count):
+    from cifarlib import visualize
+
+    first = visualize.first_layer_text({"shown": 16, "brightness": count, "edges": min(count, 16 - count),
+                                        "inverted": count // 2, "channels": 64})
+    last = visualize.last_layer_text({"zero_values": 0.39, "silent_channels": count, "channels": 512,
+                                      "centre_share": 0.34, "centre_area": 0.25, "side": 8})
+    texts = [first, last] + [visualize.filter_text({"filters": 64, "grey": count, "opponent": count, "side": 7}, p)
+                             for p in (True, False)]
+    for text in texts:
+        assert not re.search(r"(^|\. )\d", text), text  # no sentence opens with a digit
+        assert not re.search(r"\b[Oo]ne (of the \d+ \w+( shown)? )?(follow|respond|weigh|are)\b", text), text
+        assert not re.search(r"\b(None|No map)\b[^.]*\bthey\b", text), text  # nothing to describe after "none"
+    if count == 1:
+        assert "Of the 16 maps shown, one follows" in first and "one of the 512 channels is zero" in last
+        assert "Of the 64 filters, one is nearly grey (its three" in texts[2]
+    if count == 16:
+        assert "All 16 maps shown follow" in first

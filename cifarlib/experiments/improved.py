@@ -211,8 +211,10 @@ def targets_sentence(test_acc: dict, targets: dict | None = None) -> str:
     parts = []
     for label, acc in test_acc.items():
         goal = 100 * targets.get(label, {}).get("test_acc", math.nan)
-        if math.isnan(goal):
+        if math.isnan(goal) or math.isnan(acc):
             continue
-        parts.append(f"{label} meets its {goal:g} % target" if acc >= goal else
-                     f"{label} falls {goal - acc:.2f} points short of its {goal:g} %")
+        short = goal - acc
+        parts.append(f"{label} meets its {goal:g} % target" if short <= 0 else
+                     f"{label} falls {short:.2f} points short of its {goal:g} %" if short >= 0.005 else
+                     f"{label} falls just short of its {goal:g} % (by less than 0.01 points)")
     return (parts[0][0].upper() + "; ".join(parts)[1:] + ".") if parts else ""
