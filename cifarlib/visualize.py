@@ -212,7 +212,6 @@ def filter_summary(weight: torch.Tensor) -> dict:
     return {"filters": len(w), "grey": grey, "opponent": opponent, "side": w.shape[-1]}
 
 
-
 # ---- the discussion of Task 3(e)-(g), from those counts (any count, any profile) -----------------
 
 def _verb(n: int, one: str, many: str) -> str:
