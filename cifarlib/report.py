@@ -658,13 +658,19 @@ def number_floats(cells: list) -> list[str]:
             unresolved.append(found[0])
         return labels.get(key, f"{KINDS[found[1]]} ?").replace(" ", "\u00a0")
 
+    rewrite_markdown(cells, lambda text: CITATION.sub(cite, text))
+    return unresolved
+
+
+def rewrite_markdown(cells: list, change) -> None:
+    """Apply ``change`` (text -> text) to every Markdown text of ``cells``: Markdown cells and the
+    Markdown outputs of code cells (prose and tables written by the notebooks)."""
     for cell in cells:
         if cell.cell_type == "markdown":
-            cell.source = CITATION.sub(cite, cell.source)
+            cell.source = change(cell.source)
         for output in cell.get("outputs", []):
             if "text/markdown" in output.get("data", {}):
-                output.data["text/markdown"] = CITATION.sub(cite, output.data["text/markdown"])
-    return unresolved
+                output.data["text/markdown"] = change(output.data["text/markdown"])
 
 
 def summary_cells(cells: list) -> list:
@@ -808,12 +814,7 @@ def assemble(parts: list[Part], info: dict, runs: list, source: str):
     nb = nbformat.v4.new_notebook(metadata={"title": info["title"], "date": info["date"], "cifarlib": info})
     nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
     nb.cells = title_cells(info, parts) + [toc_cell(body)] + summary + body
-    for cell in summary + body:
-        if cell.cell_type == "markdown":
-            cell.source = bind_numbers(cell.source)
-        for output in cell.get("outputs", []):
-            if "text/markdown" in output.get("data", {}):
-                output.data["text/markdown"] = bind_numbers(output.data["text/markdown"])
+    rewrite_markdown(summary + body, bind_numbers)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:04d}"  # merged cells would otherwise share ids
     return nb

@@ -218,6 +218,11 @@ def _verb(n: int, one: str, many: str) -> str:
     return one if n == 1 else many
 
 
+def _some_of(n: int, total: int, noun: str) -> str:
+    """The subject of a sentence about ``n`` of ``total``: "All 16 maps shown" or "Of the 16 maps shown, three"."""
+    return f"All {total} {noun}" if n == total else f"Of the {total} {noun}, {tables.say_count(n)}"
+
+
 def first_layer_text(s: dict) -> str:
     """Task 3(e)'s paragraph from :func:`first_layer_summary`."""
     shown, bright, edges, inverted = s["shown"], s["brightness"], s["edges"], s["inverted"]
@@ -227,8 +232,7 @@ def first_layer_text(s: dict) -> str:
                  "above 0.5 in size). ")
     else:
         flipped = "" if not inverted else ", inverted" if bright == 1 else f", {inverted} of them inverted"
-        who = f"All {shown} maps shown" if bright == shown else f"Of the {shown} maps shown, {tables.say_count(bright)}"
-        text += (f"{who} {_verb(bright, 'follows', 'follow')} the image's brightness ({_verb(bright, 'its', 'their')} "
+        text += (f"{_some_of(bright, shown, 'maps shown')} {_verb(bright, 'follows', 'follow')} the image's brightness ({_verb(bright, 'its', 'their')} "
                  f"correlation with the grey image exceeds 0.5 in size{flipped}): {_verb(bright, 'it responds', 'they respond')} "
                  "to brightness or colour. ")
     if edges == 0:
@@ -263,8 +267,7 @@ def filter_text(s: dict, pretrained: bool) -> str:
         text += (f"None of the {filters} filters is nearly grey (three colour channels that correlate above 0.9)"
                  + (". " if pretrained else ": random filters rarely are. "))
     else:
-        who = f"All {filters} filters" if grey == filters else f"Of the {filters} filters, {tables.say_count(grey)}"
-        text += (f"{who} {_verb(grey, 'is', 'are')} nearly grey "
+        text += (f"{_some_of(grey, filters, 'filters')} {_verb(grey, 'is', 'are')} nearly grey "
                  f"({_verb(grey, 'its', 'their')} three colour channels correlate above 0.9): "
                  f"{_verb(grey, 'it weighs', 'they weigh')} brightness only, and "
                  + ("in ImageNet's filters these are oriented edge and bar detectors at several angles and frequencies. "
