@@ -8,6 +8,7 @@ its accuracy must equal the run record's ``final_test_acc`` (a check the noteboo
 from __future__ import annotations
 
 import contextlib
+import math
 
 from dataclasses import dataclass
 
@@ -158,20 +159,24 @@ def _threads(records) -> str:
 
 def cost_table(groups) -> pd.DataFrame:
     """One row per model (``groups``: label -> run records of its seeds): parameters, forward
-    multiply-accumulates per 32x32 image, and the recorded wall time per run and per epoch
-    (training plus the per-epoch evaluations), with the device it ran on."""
+    multiply-accumulates per 32x32 image, the recorded training time per run and per epoch (wall
+    time less the evaluations, so runs that evaluate after every epoch and runs that evaluate once
+    compare alike), the time of one evaluation of training subset, validation and test set, and the
+    device it ran on."""
     rows = []
     for label, records in groups.items():
         rec = records[0]
         model = rec.load_model()
-        walls = [r.metrics["wall_s"] for r in records]
-        epochs = [r.metrics["epochs_run"] for r in records]
+        ms = [r.metrics for r in records]
+        trains = [m["wall_s"] - m.get("eval_s", 0.0) for m in ms]
+        evals = [m["eval_s"] / len(r.history) for m, r in zip(ms, records) if "eval_s" in m and len(r.history)]
         rows.append({"model": label, "parameters": sum(p.numel() for p in model.parameters()),
                      "MMACs / image": forward_macs(model) / 1e6, "runs": len(records),
-                     "wall per run (min)": sum(walls) / len(walls) / 60,
-                     "s per epoch": sum(w / e for w, e in zip(walls, epochs)) / len(walls),
+                     "training per run (min)": sum(trains) / len(trains) / 60,
+                     "s per epoch": sum(t / m["epochs_run"] for t, m in zip(trains, ms)) / len(ms),
+                     "s per evaluation": sum(evals) / len(evals) if evals else math.nan,
                      "trained on": tables.hardware(rec.metrics["device"], rec.metrics["precision"], _threads(records))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).dropna(axis=1, how="all")  # records from before eval_s was kept: no such column
 
 
 def mistakes_sentence(top: pd.DataFrame, p: Predictions, matrix) -> str:

@@ -61,9 +61,12 @@ def task2_records(profile: str = "full", seed: int = 0, seeds: int = 3, epochs: 
     :func:`cifarlib.experiments.notebook_config` (None: the experiment's own). ``also``: more configs
     to train in the same sweep (the ablation's, read back later), so that the workers stay busy while
     the long runs train instead of waiting for the last of them. With ``train=False`` nothing is
-    trained (``also`` is ignored): a model without all its finished runs is left out."""
+    trained (``also`` is ignored): a model without all its finished runs is left out. Only the first
+    seed's run, whose curves the report plots, evaluates after every epoch; the others evaluate once,
+    at the end (:func:`curves_for_first`)."""
     n = 1 if profile == "quick" else seeds
-    configs = {label: sweep.seeded(experiments.notebook_config(name, profile, epochs=epochs, device=device), n, seed)
+    configs = {label: curves_for_first(sweep.seeded(experiments.notebook_config(name, profile, epochs=epochs,
+                                                                                device=device), n, seed))
                for label, name in improved.MODELS.items()}
     if train:
         records = iter(sweep.run_many([c for cfgs in configs.values() for c in cfgs] + list(also),
@@ -72,6 +75,15 @@ def task2_records(profile: str = "full", seed: int = 0, seeds: int = 3, epochs: 
     found = {label: [runs.find_finished(c, data_root=data_root, runs_dir=runs_dir) for c in cfgs]
              for label, cfgs in configs.items()}
     return {label: recs for label, recs in found.items() if all(recs)}
+
+
+def curves_for_first(configs: Sequence[train.TrainConfig]) -> list[train.TrainConfig]:
+    """``configs`` (one per seed) with ``eval_at="end"`` for all but the first: a model's table needs
+    only the final numbers of each seed, its figures the per-epoch curves of one. Training is the same
+    either way; the saving is the evaluations (nearly a quarter of a Model A or B epoch on a CPU). A
+    config that evaluates within epochs or stops early keeps its evaluations."""
+    return [c if k == 0 or c.eval_every_steps or c.early_stop_patience else c.replace(eval_at="end")
+            for k, c in enumerate(configs)]
 
 
 def task2_records_logged() -> dict:

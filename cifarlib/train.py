@@ -51,6 +51,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 LOSSES = ("cross_entropy", "mse")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+EVAL_AT = ("epochs", "end")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOOKAHEAD_EVERY = 5  # steps between lookahead averages (TrainConfig.lookahead)
 LOOKAHEAD_DECAY = 0.95 ** LOOKAHEAD_EVERY  # the slow copy's share at the end of the run
@@ -100,6 +101,8 @@ class TrainConfig:
     cutout: int = 0  # cutout square side in pixels (0 = off)
     # evaluation and stopping
     eval_every_steps: int | None = None  # also evaluate every N optimizer steps (None: once per epoch)
+    eval_at: str = "epochs"  # "epochs": evaluate after every epoch (the curves); "end": once, after the last step
+    #                          (a run whose curves nobody plots: same training, fewer evaluations)
     train_eval_size: int = 5000  # evaluate "train" metrics on this fixed subset of the training split (0 = skip)
     eval_batch_size: int = 500  # images per evaluation batch (no gradients kept, so larger than batch_size)
     early_stop_patience: int | None = None  # stop after this many evaluations without a lower val loss
@@ -180,6 +183,7 @@ _RULES = {
     "crop_fill": _choices(CROP_FILLS),
     "cutout": (lambda v: v >= 0, "an integer >= 0"),
     "eval_every_steps": (lambda v: v >= 1, "an integer >= 1, or None"),
+    "eval_at": _choices(EVAL_AT),
     "train_eval_size": (lambda v: v >= 0, "an integer >= 0"),
     "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "early_stop_patience": (lambda v: v >= 1, "an integer >= 1, or None"),
@@ -201,6 +205,10 @@ def _check_values(cfg: TrainConfig) -> None:
     if cfg.lookahead and cfg.early_stop_patience:
         raise CifarlibError("config lookahead=True ends on its slow average, which early stopping would skip; "
                             "set early_stop_patience=None or lookahead=False")
+    if cfg.eval_at == "end" and (cfg.eval_every_steps or cfg.early_stop_patience):
+        raise CifarlibError("config eval_at='end' evaluates once, after the last step, so it cannot evaluate every "
+                            "few steps or stop early; set eval_at='epochs', or eval_every_steps=None and "
+                            "early_stop_patience=None")
     if cfg.nesterov and cfg.momentum == 0:
         raise CifarlibError("config nesterov=True needs momentum > 0; set momentum (e.g. 0.9) or nesterov=False")
     if cfg.early_stop_patience and cfg.val_fraction == 0 and cfg.val_size is None:
@@ -613,7 +621,9 @@ def fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | Non
 def _fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | None = None,
          callback=None) -> Run:
     """Train ``model`` on ``splits.train`` as ``cfg`` says; evaluate at each epoch end (and every
-    ``cfg.eval_every_steps`` steps) on the train subset, validation and test sets.
+    ``cfg.eval_every_steps`` steps), or with ``cfg.eval_at="end"`` once after the last step, on the
+    train subset, validation and test sets. Evaluation draws no random numbers and changes no weight,
+    so the trained model is the same either way; ``metrics["eval_s"]`` is the time it took.
 
     Stops early after ``cfg.early_stop_patience`` evaluations without a lower validation loss and
     (``cfg.restore_best``) ends with the best weights. A non-finite running loss stops the run with
@@ -650,6 +660,7 @@ def _fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | No
     total_steps = cfg.epochs * steps_per_epoch
     history, status, best, best_state, stale = [], "finished", None, None, 0
     step = seen = 0
+    eval_s = 0.0  # seconds spent evaluating (part of wall_s)
     run_loss = torch.zeros((), device=device)
     run_correct = torch.zeros((), dtype=torch.int64, device=device)
     run_n = 0
@@ -671,7 +682,8 @@ def _fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | No
                     lookahead.pull(step, total_steps)
                 run_loss += loss * len(y)
                 run_correct += correct
-                at_eval = step % steps_per_epoch == 0 or (cfg.eval_every_steps and step % cfg.eval_every_steps == 0)
+                at_eval = step == total_steps if cfg.eval_at == "end" else (
+                    step % steps_per_epoch == 0 or (cfg.eval_every_steps and step % cfg.eval_every_steps == 0))
                 if step % CHECK_EVERY and not at_eval:
                     continue
                 running = (run_loss.item() / run_n, run_correct.item() / run_n)
@@ -681,9 +693,12 @@ def _fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | No
                     status = "diverged"
                 if not at_eval and status == "finished":
                     continue
+                eval_start = time.perf_counter()
+                scores = _evaluate_splits(net, eval_loaders, cfg, precision)
+                eval_s += time.perf_counter() - eval_start
                 row = {"epoch": step / steps_per_epoch, "step": step, "examples_seen": seen, "lr": lr,
-                       "running_train_loss": running[0], "running_train_acc": running[1],
-                       **_evaluate_splits(net, eval_loaders, cfg, precision), "wall_s": time.perf_counter() - start}
+                       "running_train_loss": running[0], "running_train_acc": running[1], **scores,
+                       "wall_s": time.perf_counter() - start}
                 history.append({k: row[k] for k in HISTORY_COLUMNS})
                 run_loss.zero_()
                 run_correct.zero_()
@@ -717,6 +732,7 @@ def _fit(model: nn.Module, splits: Splits, cfg: TrainConfig, progress: bool | No
     wall_s = time.perf_counter() - start
     metrics = {"status": status, "epochs_run": round(step / steps_per_epoch, 4), "steps": step,
                "examples_seen": seen, "params": models.count_params(model), "wall_s": wall_s,
+               "eval_s": eval_s,
                "threads": torch.get_num_threads(),
                "device": str(device), "precision": precision, **_summary(history, best, restored)}
     return Run(config=cfg, status=status, history=history, metrics=metrics, model=model, wall_s=wall_s)

@@ -164,7 +164,7 @@ def test_leave_one_out_reference_is_model_a_on_a_short_budget():
     diff = config_diff(model_a.to_dict(), ref.to_dict())
     assert set(diff) == {"model", "model_kw.widths", "model_kw.depth", "model_kw.kernel", "model_kw.bn",
                          "model_kw.downsample", "model_kw.dropout", "model_kw.hidden", "model_kw.init", "epochs",
-                         "warmup_epochs", "train_per_class", "val_fraction", "train_eval_size"}
+                         "warmup_epochs", "train_per_class", "val_fraction", "train_eval_size", "eval_at"}
     assert ref.early_stop_patience is None and ref.epochs < model_a.epochs
 
 
@@ -357,6 +357,22 @@ def test_task2_records_trains_the_ablation_configs_in_its_own_sweep(monkeypatch)
     assert records == {label: [f"record {name} 5"] for label, name in improved.MODELS.items()}
 
 
+def test_only_the_plotted_seed_of_each_model_evaluates_after_every_epoch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweep, "run_many", lambda configs, **kw: calls.append(list(configs)) or list(calls[-1]))
+    records = studies.task2_records(seed=4, seeds=3)
+    for label, name in improved.MODELS.items():
+        cfgs = records[label]
+        assert [(c.seed, c.eval_at) for c in cfgs] == [(4, "epochs"), (5, "end"), (6, "end")]
+        assert cfgs[0].name == name and cfgs[0].replace(seed=5, eval_at="end") == cfgs[1]  # nothing else differs
+    stopping = train.TrainConfig(name="s", dataset="synthetic", early_stop_patience=2)
+    assert [c.eval_at for c in studies.curves_for_first([stopping, stopping.replace(seed=1)])] == ["epochs"] * 2
+
+
+def test_leave_one_out_runs_evaluate_once_at_the_end():
+    assert {c.eval_at for c in ablation.paired_configs(improved.LOO, seeds=2)} == {"end"}
+
+
 TINY_SYNTHETIC = dict(dataset="synthetic", model="table1_variant", epochs=1, batch_size=64, optimizer="adam", lr=1e-3,
                       train_per_class=20, test_per_class=10, train_eval_size=50, device="cpu")
 
@@ -412,6 +428,16 @@ def test_misclassified_gallery_shows_the_most_confident_mistakes_first(tiny_run)
     assert titles[0].endswith(f"is {p.classes[int(p.labels[idx[0]])]}")
     fig = evaluation.plot_misclassified(p, k=6, ncols=3)
     assert [ax.get_title() for ax in fig.axes[:len(idx)]] == titles
+
+
+def test_cost_table_separates_training_time_from_evaluation_time(tiny_run):
+    m = tiny_run.metrics
+    assert len(tiny_run.history) == 2 and 0 < m["eval_s"] < m["wall_s"]
+    row = evaluation.cost_table({"tiny": [tiny_run, tiny_run]}).iloc[0]
+    assert row["training per run (min)"] == pytest.approx((m["wall_s"] - m["eval_s"]) / 60)
+    assert row["s per epoch"] == pytest.approx((m["wall_s"] - m["eval_s"]) / 2)
+    assert row["s per evaluation"] == pytest.approx(m["eval_s"] / 2)
+    assert row["runs"] == 2 and row["parameters"] == m["params"]
 
 
 def test_predict_keeps_the_order_of_the_images():

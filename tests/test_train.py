@@ -56,6 +56,7 @@ def fit(splits, **kw):
     ("epochs", "3", "int"),
     ("flip", 1, "bool"),
     ("crop_fill", "edge", "'reflect'"),
+    ("eval_at", "never", "'epochs', 'end'"),
 ])
 def test_bad_config_value_names_key_value_and_allowed(key, value, allowed):
     with pytest.raises(CifarlibError) as err:
@@ -152,6 +153,31 @@ def test_eval_every_steps_adds_points_within_epochs(splits):
     assert steps == [5, 10, 15, 16]  # 16 full batches of 32 per epoch: every 5 steps, plus the epoch end
     assert run.history[0]["epoch"] == pytest.approx(5 / 16)
     assert math.isnan(run.history[0]["train_loss"])  # train_eval_size=0 skips the train-subset evaluation
+
+
+def test_eval_at_end_evaluates_once_and_trains_the_same_model(splits):
+    kw = dict(epochs=3, optimizer="sgd", lr=0.05, momentum=0.9, crop_pad=2, flip=True, tta_flip=True, seed=3)
+    every, end = fit(splits, **kw), fit(splits, **kw, eval_at="end")
+    assert [r["epoch"] for r in every.history] == [1, 2, 3] and [r["epoch"] for r in end.history] == [3]
+    assert all(torch.equal(a, b) for a, b in zip(every.model.state_dict().values(), end.model.state_dict().values()))
+    for key in ("train", "val", "test"):  # the same final numbers, from one evaluation instead of three
+        assert end.metrics[f"final_{key}_acc"] == every.metrics[f"final_{key}_acc"]
+        assert end.metrics[f"final_{key}_loss"] == every.metrics[f"final_{key}_loss"]
+    assert end.metrics["steps"] == every.metrics["steps"] and end.metrics["epochs_run"] == 3
+    for run in (every, end):
+        assert 0 < run.metrics["eval_s"] < run.metrics["wall_s"]
+    assert end.metrics["eval_s"] < every.metrics["eval_s"]
+
+
+@pytest.mark.parametrize("other", [dict(eval_every_steps=5), dict(early_stop_patience=2)])
+def test_eval_at_end_refuses_settings_that_need_earlier_evaluations(other):
+    with pytest.raises(CifarlibError, match="eval_at='end'.*set eval_at='epochs'"):
+        tiny(eval_at="end", **other)
+
+
+def test_eval_at_end_still_records_a_diverged_run(splits):
+    run = fit(splits, epochs=5, optimizer="sgd", lr=1e6, eval_at="end")
+    assert run.status == "diverged" and len(run.history) == 1 and run.metrics["epochs_run"] < 5
 
 
 def _mislabel(s: data.Splits) -> data.Splits:

@@ -82,6 +82,7 @@ LOO_REFERENCE = dict(
     train_per_class=2000,  # 20,000 images, split 3:1 into training and validation
     val_fraction=0.25,
     train_eval_size=1000,
+    eval_at="end",  # only the final numbers enter the comparison: no evaluation after the first epoch
 )
 LOO = [
     Change("bn", "no batch normalization", {"model_kw": {"bn": False}}),
